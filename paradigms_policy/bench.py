@@ -1,0 +1,155 @@
+"""`paradigms-policy bench`: latency, rounds and accuracy of the samplers on one policy.
+
+Every sampler solves the same chunks: the same observation windows and, per chunk, the same
+initial noise and per-step noise (one generator seed per chunk). The deviation is the largest
+absolute difference from the sequential sampler's answer for that chunk, in normalised action
+units (the sampler's own space, where actions span [-1, 1]).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .config import PolicyConfig
+from .model import ConditionalUnet1D
+from .normalizer import AffineNormalizer
+from .policy import DiffusionPolicy
+
+# Model sizes for `--random-model`: the original Diffusion Policy U-Net and the shipped widths.
+RANDOM_MODEL_SIZES = {
+    "original": dict(down_dims=(256, 512, 1024), diffusion_step_embed_dim=256),
+    "shipped": dict(down_dims=(64, 128, 256), diffusion_step_embed_dim=128),
+}
+
+
+@dataclass
+class SamplerSpec:
+    """A sampler by name with its options, as benchmarked."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name + "".join(f" {key}={value}" for key, value in self.options.items())
+
+
+def random_policy(size: str = "shipped", device: str = "cpu", seed: int = 0) -> DiffusionPolicy:
+    """A randomly initialised policy with Push-T low-dim shapes (pixels in [0, 512])."""
+    torch.manual_seed(seed)
+    config = PolicyConfig.for_shapes(20, 2, **RANDOM_MODEL_SIZES[size])
+    model = ConditionalUnet1D.from_config(config.unet)
+    return DiffusionPolicy(config, model, AffineNormalizer.from_min_max(np.zeros(20), np.full(20, 512.0)),
+                           AffineNormalizer.from_min_max(np.zeros(2), np.full(2, 512.0)), device=device)
+
+
+def random_observations(policy: DiffusionPolicy, count: int, seed: int = 0) -> np.ndarray:
+    """Observation windows drawn uniformly within the normaliser's range (when no data is given)."""
+    rng = np.random.default_rng(seed)
+    shape = (count, policy.config.n_obs_steps, policy.config.obs_dim)
+    normalized = torch.as_tensor(rng.uniform(-1.0, 1.0, size=shape), dtype=torch.float32)
+    return policy.obs_normalizer.unnormalize(normalized).numpy()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def run_bench(policy: DiffusionPolicy, observations: np.ndarray, samplers: list[SamplerSpec],
+              warmup: int = 2, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Time each sampler on every observation window; returns the JSON document `bench` writes."""
+    device = policy.device
+    obs = torch.as_tensor(observations, dtype=torch.float32, device=device)
+    chunks = obs.shape[0]
+    specs = samplers if samplers and samplers[0].name == "sequential" else [SamplerSpec("sequential"), *samplers]
+
+    def solve(spec: SamplerSpec, index: int) -> tuple[torch.Tensor, Any, float]:
+        policy.set_sampler(spec.name, **spec.options)
+        generator = torch.Generator().manual_seed(seed + index)
+        noise = policy.initial_noise(1, generator)
+        _synchronize(device)
+        started = time.perf_counter()
+        normalized, stats = policy.sample_normalized(obs[index:index + 1], noise, generator)
+        _synchronize(device)
+        return normalized, stats, time.perf_counter() - started
+
+    for spec in specs:  # warm-up: first calls pay for allocation and kernel selection
+        for index in range(min(warmup, chunks)):
+            solve(spec, index)
+
+    records = {spec.label: [] for spec in specs}
+    reference = []
+    for index in tqdm(range(chunks), desc="bench", unit="chunk", disable=not progress):
+        for spec in specs:
+            normalized, stats, latency = solve(spec, index)
+            if spec is specs[0]:
+                reference.append(normalized)
+            deviation = float((normalized - reference[index]).abs().max())
+            records[spec.label].append((latency, stats.rounds, stats.model_evals, deviation))
+
+    sequential_p50 = float(np.median([row[0] for row in records[specs[0].label]]))
+    results = []
+    for spec in specs:
+        latency, rounds, evals, deviation = (np.array(column) for column in zip(*records[spec.label]))
+        results.append({
+            "sampler": spec.name,
+            "options": spec.options,
+            "label": spec.label,
+            "chunks": chunks,
+            "rounds_median": float(np.median(rounds)),
+            "rounds_max": int(rounds.max()),
+            "model_evals_median": float(np.median(evals)),
+            "latency_p50_ms": 1000 * float(np.median(latency)),
+            "latency_p99_ms": 1000 * float(np.percentile(latency, 99)),
+            "speedup_vs_sequential": sequential_p50 / float(np.median(latency)),
+            "max_abs_dev": float(deviation.max()),
+            "median_abs_dev": float(np.median(deviation)),
+        })
+    scheduler = policy.config.scheduler
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "scheduler": scheduler.name,
+        "num_inference_steps": scheduler.num_inference_steps,
+        "parameters": sum(p.numel() for p in policy.model.parameters()),
+        "results": results,
+    }
+
+
+def format_table(document: dict[str, Any]) -> str:
+    """The results as a Markdown table (it is pasted into the README as is)."""
+    lines = [
+        f"device: {document['device']}, torch {document['torch']}, {document['scheduler'].upper()}-"
+        f"{document['num_inference_steps']}, {document['parameters']:,} parameters",
+        "",
+        "| sampler | p50 ms | p99 ms | speed-up | rounds (median) | model evals (median) | max abs dev |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in document["results"]:
+        lines.append(
+            f"| {row['label']} | {row['latency_p50_ms']:.1f} | {row['latency_p99_ms']:.1f} | "
+            f"{row['speedup_vs_sequential']:.2f}x | {row['rounds_median']:g} | {row['model_evals_median']:g} | "
+            f"{row['max_abs_dev']:.2e} |"
+        )
+    return "\n".join(lines)
+
+
+def write_json(document: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

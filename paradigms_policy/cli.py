@@ -1,0 +1,222 @@
+"""`paradigms-policy`: the command-line entry point (bench, train, eval, demo)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_ZARR = Path("..") / "shared" / "data" / "pusht" / "pusht_cchi_v7_replay.zarr"
+
+
+def shipped_checkpoint() -> Path:
+    """The Push-T checkpoint shipped with the package: installed share directory or source tree."""
+    source_tree = Path(__file__).resolve().parent.parent / "checkpoints" / "pusht_lowdim"
+    candidates = [source_tree, Path(sys.prefix) / "share" / "paradigms_policy" / "checkpoints" / "pusht_lowdim"]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.insert(0, Path(get_package_share_directory("paradigms_policy")) / "checkpoints" / "pusht_lowdim")
+    except Exception:  # no ament index (pip install) or package not found in it
+        pass
+    for candidate in candidates:
+        if (candidate / "config.json").is_file():
+            return candidate
+    return source_tree
+
+
+def _add_bench(subparsers) -> None:
+    from .bench import RANDOM_MODEL_SIZES
+
+    parser = subparsers.add_parser("bench", help="latency, rounds and accuracy of the samplers per action chunk")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", help="policy checkpoint (default: the shipped Push-T checkpoint)")
+    model.add_argument("--random-model", choices=sorted(RANDOM_MODEL_SIZES),
+                       help="a randomly initialised Push-T-shaped policy instead of a checkpoint")
+    parser.add_argument("--data", help="Push-T replay zarr to draw observations from (default: random observations)")
+    parser.add_argument("--samplers", default="sequential,paradigms", help="comma-separated sampler names")
+    parser.add_argument("--chunks", type=int, default=20, help="action chunks (observations) per sampler")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--scheduler", choices=["ddpm", "ddim", "dpmsolver"], help="override the checkpoint's scheduler")
+    parser.add_argument("--inference-steps", type=int, help="override the number of denoising steps")
+    _add_sampler_options(parser)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed chunks per sampler first")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=_run_bench)
+
+
+def _add_sampler_options(parser) -> None:
+    """Options of the parallel samplers (ignored by the sequential one)."""
+    parser.add_argument("--window", type=int, help="parallel window (states per round)")
+    parser.add_argument("--tolerance", type=float, help="convergence tolerance, in units of each step's noise std")
+    parser.add_argument("--max-rounds", type=int, help="round cap of the parallel samplers")
+
+
+def parallel_options(args) -> dict:
+    names = {"window": "window", "tolerance": "tolerance", "max_rounds": "max_rounds"}
+    return {option: getattr(args, attr) for attr, option in names.items() if getattr(args, attr) is not None}
+
+
+def sampler_specs(names: str, options: dict) -> list:
+    from .bench import SamplerSpec
+    from .samplers import get_sampler
+
+    specs = []
+    for name in (part.strip() for part in names.split(",") if part.strip()):
+        get_sampler(name)  # unknown names fail here, before any work
+        specs.append(SamplerSpec(name, {} if name == "sequential" else dict(options)))
+    if not specs:
+        raise ValueError("--samplers names no sampler")
+    return specs
+
+
+def open_policy(args):
+    """The policy named by --checkpoint (default: shipped) with the scheduler overrides applied."""
+    from .checkpoint import load_policy
+
+    policy = load_policy(args.checkpoint or shipped_checkpoint(), device=args.device)
+    changes = {}
+    if getattr(args, "scheduler", None):
+        changes["name"] = args.scheduler
+    if getattr(args, "inference_steps", None):
+        changes["num_inference_steps"] = args.inference_steps
+    if changes:
+        policy.set_scheduler(**changes)
+    return policy
+
+
+def _run_bench(args) -> int:
+    from .bench import format_table, random_observations, random_policy, run_bench, write_json
+
+    specs = sampler_specs(args.samplers, parallel_options(args))
+    if args.random_model:
+        policy = random_policy(args.random_model, device=args.device, seed=args.seed)
+        if args.scheduler or args.inference_steps:
+            policy.set_scheduler(**{k: v for k, v in (("name", args.scheduler),
+                                                      ("num_inference_steps", args.inference_steps)) if v})
+    else:
+        policy = open_policy(args)
+    if args.data:
+        from .dataset import PushTLowdimDataset
+
+        dataset = PushTLowdimDataset(args.data, policy.config.horizon, policy.config.n_obs_steps,
+                                     policy.config.n_action_steps)
+        observations = dataset.observation_windows(args.chunks, seed=args.seed)
+    else:
+        observations = random_observations(policy, args.chunks, seed=args.seed)
+    document = run_bench(policy, observations, specs, warmup=args.warmup, seed=args.seed)
+    document["checkpoint"] = f"random:{args.random_model}" if args.random_model else str(args.checkpoint or shipped_checkpoint())
+    document["observations"] = "dataset" if args.data else "random"
+    print(format_table(document))
+    if args.json:
+        write_json(document, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _add_eval(subparsers) -> None:
+    from .evaluate import PAPER_EPISODES, PAPER_FIRST_SEED
+
+    parser = subparsers.add_parser("eval", help="Push-T task score per sampler (Diffusion Policy protocol)")
+    parser.add_argument("--checkpoint", help="policy checkpoint (default: the shipped Push-T checkpoint)")
+    parser.add_argument("--sampler", default="sequential", help="sampler name, or several comma-separated to compare")
+    parser.add_argument("--episodes", type=int, default=PAPER_EPISODES)
+    parser.add_argument("--seed", type=int, default=PAPER_FIRST_SEED, help="first episode seed")
+    parser.add_argument("--max-steps", type=int, default=300, help="environment steps per episode")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel episode processes")
+    parser.add_argument("--device", default="cpu", help="device of each worker's policy")
+    parser.add_argument("--json", help="write the results here: one object per sampler (a list when several)")
+    parser.add_argument("--plot", help="PNG comparing the samplers' scores and latencies")
+    parser.add_argument("--video", metavar="DIR", help="write a GIF of every episode into DIR")
+    _add_sampler_options(parser)
+    parser.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from .bench import write_json
+    from .checkpoint import read_weights
+    from .evaluate import evaluate, format_table, plot_comparison
+
+    if args.episodes < 1:
+        raise ValueError("--episodes must be at least 1")
+    checkpoint = args.checkpoint or shipped_checkpoint()
+    read_weights(checkpoint)  # a broken checkpoint fails here with one line, before workers start
+    specs = sampler_specs(args.sampler, parallel_options(args))
+    seeds = list(range(args.seed, args.seed + args.episodes))
+    summaries = evaluate(checkpoint, [(spec.name, spec.options) for spec in specs], seeds, workers=args.workers,
+                         device=args.device, max_steps=args.max_steps, video_dir=args.video)
+    print(format_table(summaries))
+    if args.json:
+        write_json(summaries[0] if len(summaries) == 1 else summaries, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot_comparison(summaries, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _add_train(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train a low-dim Diffusion Policy on the Push-T demonstrations")
+    parser.add_argument("--data", default=str(DEFAULT_ZARR), help="Push-T replay zarr (default: %(default)s)")
+    parser.add_argument("--output", required=True, help="run directory: checkpoints, log and resume state")
+    parser.add_argument("--steps", type=int, default=30000)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--warmup-steps", type=int, default=500)
+    parser.add_argument("--checkpoint-every", type=int, default=5000)
+    parser.add_argument("--down-dims", default="64,128,256", help="U-Net widths, comma separated")
+    parser.add_argument("--step-embed-dim", type=int, default=128)
+    parser.add_argument("--kernel-size", type=int, default=5)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-resume", action="store_true", help="start afresh even if the run directory has a resume state")
+    parser.set_defaults(handler=_run_train)
+
+
+def _run_train(args) -> int:
+    from .train import TrainConfig, train
+
+    config = TrainConfig(zarr_path=args.data, output_dir=args.output, steps=args.steps, batch_size=args.batch_size,
+                         learning_rate=args.lr, warmup_steps=args.warmup_steps,
+                         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
+                         down_dims=_int_list(args.down_dims), diffusion_step_embed_dim=args.step_embed_dim,
+                         kernel_size=args.kernel_size)
+    final = train(config, resume=not args.no_resume)
+    print(f"final checkpoint: {final}")
+    return 0
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paradigms-policy", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_bench(subparsers)
+    _add_eval(subparsers)
+    _add_train(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (CheckpointError, ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"paradigms-policy {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"paradigms-policy {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""`paradigms-policy eval`: Push-T task score of a policy per sampler, as the Diffusion Policy paper.
+
+Protocol: episodes with seeds S, S+1, ... (default the paper's 50 test seeds from 100000), at most
+300 environment steps, n_action_steps actions executed per predicted chunk, the observation window
+padded at the start by repeating the first observation. Score of an episode = max over its steps of
+clip(coverage / 0.95, 0, 1); success = coverage >= 0.95 at some step (the episode then ends).
+
+Episodes run in worker processes, one policy per worker; every (sampler, seed) pair is one task,
+so all samplers share the workers and their latencies are measured in the same run. Each episode
+seeds the sampler's generator with its own seed, so samplers see the same noise stream.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PAPER_FIRST_SEED = 100000
+PAPER_EPISODES = 50
+MAX_EPISODE_STEPS = 300
+
+_worker_policy = None
+
+
+def run_episode(policy, seed: int, max_steps: int = MAX_EPISODE_STEPS, video_path: str | Path | None = None) -> dict[str, Any]:
+    """One Push-T episode; returns its score, success and per-chunk sampler statistics."""
+    import torch
+
+    from .pusht_env import PushTKeypointsEnv, episode_score
+
+    env = PushTKeypointsEnv(render=video_path is not None)
+    try:
+        observation = env.reset(seed=seed)
+        history = deque([observation] * policy.config.n_obs_steps, maxlen=policy.config.n_obs_steps)
+        generator = torch.Generator().manual_seed(seed)
+        coverages, latencies, rounds, evals, frames = [], [], [], [], []
+        done = False
+        while not done and len(coverages) < max_steps:
+            output = policy.predict(np.stack(history), generator=generator)
+            latencies.append(output.latency_s)
+            rounds.append(output.stats.rounds)
+            evals.append(output.stats.model_evals)
+            for action in output.actions:
+                observation, coverage, done, _ = env.step(action)
+                history.append(observation)
+                coverages.append(coverage)
+                if video_path is not None:
+                    frames.append(env.render()[::2, ::2])
+                if done or len(coverages) >= max_steps:
+                    break
+        score, success = episode_score(coverages)
+        if video_path is not None:
+            import imageio.v2 as imageio
+
+            imageio.mimsave(video_path, frames, duration=0.1, loop=0)
+    finally:
+        env.close()
+    return {
+        "seed": seed,
+        "score": float(score),
+        "success": bool(success),
+        "max_coverage": float(max(coverages)),
+        "steps": len(coverages),
+        "chunks": len(latencies),
+        "latency_p50_ms": 1000 * float(np.median(latencies)),
+        "latency_max_ms": 1000 * float(np.max(latencies)),
+        "rounds_median": float(np.median(rounds)),
+        "model_evals_median": float(np.median(evals)),
+    }
+
+
+def summarize(sampler: str, options: dict[str, Any], episodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean score with a 95% confidence interval (normal approximation), success rate with Wilson's interval."""
+    episodes = sorted(episodes, key=lambda row: row["seed"])
+    scores = np.array([row["score"] for row in episodes])
+    successes = sum(row["success"] for row in episodes)
+    count = len(episodes)
+    half_width = 1.96 * scores.std(ddof=1) / math.sqrt(count) if count > 1 else float("nan")
+    return {
+        "sampler": sampler,
+        "options": options,
+        "episodes": count,
+        "mean_score": float(scores.mean()),
+        "score_ci95": [float(scores.mean() - half_width), float(scores.mean() + half_width)],
+        "success_rate": successes / count,
+        "success_ci95": list(_wilson_interval(successes, count)),
+        "rounds_median": float(np.median([row["rounds_median"] for row in episodes])),
+        "model_evals_median": float(np.median([row["model_evals_median"] for row in episodes])),
+        "latency_p50_ms": float(np.median([row["latency_p50_ms"] for row in episodes])),
+        "per_episode": episodes,
+    }
+
+
+def evaluate(checkpoint: str | Path, samplers: list[tuple[str, dict[str, Any]]], seeds: list[int],
+             workers: int = 2, device: str = "cpu", max_steps: int = MAX_EPISODE_STEPS,
+             video_dir: str | Path | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Run every seed with every sampler; one summary per sampler, in the order given."""
+    from tqdm import tqdm
+
+    tasks = [(name, options, seed) for seed in seeds for name, options in samplers]
+    if video_dir is not None:
+        Path(video_dir).mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in samplers}
+    context = multiprocessing.get_context("spawn")  # torch and OpenMP do not survive fork safely
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context, initializer=_init_worker,
+                             initargs=(str(checkpoint), device)) as pool:
+        futures = {
+            pool.submit(_worker_episode, name, options, seed, max_steps,
+                        None if video_dir is None else str(Path(video_dir) / f"{name}_seed{seed}.gif")): name
+            for name, options, seed in tasks
+        }
+        with tqdm(total=len(futures), desc="eval", unit="episode", disable=not progress) as bar:
+            for future in as_completed(futures):
+                results[futures[future]].append(future.result())
+                bar.update(1)
+    return [summarize(name, options, results[name]) for name, options in samplers]
+
+
+def plot_comparison(summaries: list[dict[str, Any]], path: str | Path) -> None:
+    """Score (mean, 95% CI) and latency per chunk for each sampler, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [row["sampler"] for row in summaries]
+    figure, (score_axis, latency_axis) = plt.subplots(1, 2, figsize=(9, 3.6))
+    means = [row["mean_score"] for row in summaries]
+    errors = [[row["mean_score"] - row["score_ci95"][0] for row in summaries],
+              [row["score_ci95"][1] - row["mean_score"] for row in summaries]]
+    score_axis.bar(labels, means, yerr=errors, capsize=6, color="tab:blue")
+    score_axis.set_ylim(min(0.8, min(means) - 0.05), 1.0)
+    score_axis.set_ylabel("mean score (95% CI)")
+    score_axis.set_title(f"Push-T, {summaries[0]['episodes']} episodes")
+    latencies = [row["latency_p50_ms"] for row in summaries]
+    bars = latency_axis.bar(labels, latencies, color="tab:orange")
+    for bar, row in zip(bars, summaries):
+        latency_axis.annotate(f"{row['rounds_median']:g} rounds", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                              ha="center", va="bottom", fontsize=9)
+    latency_axis.set_ylabel("latency per chunk, p50 (ms)")
+    latency_axis.set_title("sampling time per chunk")
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def format_table(summaries: list[dict[str, Any]]) -> str:
+    lines = ["| sampler | episodes | mean score (95% CI) | success rate | rounds (median) | latency p50 ms | speed-up |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    baseline = summaries[0]["latency_p50_ms"]
+    for row in summaries:
+        low, high = row["score_ci95"]
+        lines.append(f"| {row['sampler']} | {row['episodes']} | {row['mean_score']:.3f} ({low:.3f}-{high:.3f}) | "
+                     f"{row['success_rate']:.2f} | {row['rounds_median']:g} | {row['latency_p50_ms']:.1f} | "
+                     f"{baseline / row['latency_p50_ms']:.2f}x |")
+    return "\n".join(lines)
+
+
+def _init_worker(checkpoint: str, device: str) -> None:
+    import torch
+
+    from .checkpoint import load_policy
+
+    global _worker_policy
+    torch.set_num_threads(1)  # one core per worker; more threads per worker only contend
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    _worker_policy = load_policy(checkpoint, device=device)
+
+
+def _worker_episode(sampler: str, options: dict[str, Any], seed: int, max_steps: int, video_path: str | None):
+    _worker_policy.set_sampler(sampler, **options)
+    return run_episode(_worker_policy, seed, max_steps, video_path)
+
+
+def _wilson_interval(successes: int, count: int, z: float = 1.96) -> tuple[float, float]:
+    if count == 0:
+        return (float("nan"), float("nan"))
+    p = successes / count
+    centre = (p + z * z / (2 * count)) / (1 + z * z / count)
+    half = z * math.sqrt(p * (1 - p) / count + z * z / (4 * count * count)) / (1 + z * z / count)
+    return (max(0.0, centre - half), min(1.0, centre + half))

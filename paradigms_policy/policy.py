@@ -1,0 +1,116 @@
+"""`DiffusionPolicy`: observation window -> normalised condition -> sampled actions.
+
+    obs (n_obs_steps, obs_dim) --normalise, flatten--> c (n_obs_steps * obs_dim)
+    x_T ~ N(0, I) (horizon, action_dim) --sampler(denoiser, scheduler, x_T, c)--> x_0
+    actions = unnormalise(x_0)[n_obs_steps - 1 : n_obs_steps - 1 + n_action_steps]
+
+The executed actions start at the latest observation's step, as in Diffusion Policy. The sampler
+is chosen by name (`sequential`, `paradigms`, ...) with its options; the FiLM terms of the
+observation are computed once per chunk and shared by every denoising step.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from .config import PolicyConfig
+from .model import ConditionalUnet1D
+from .normalizer import AffineNormalizer
+from .samplers import SamplerStats, get_sampler
+from .schedulers import make_scheduler
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; other names as torch understands them."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but torch sees no CUDA device (use 'auto' or 'cpu')")
+    return device
+
+
+@dataclass
+class PolicyOutput:
+    """One predicted chunk. Arrays are float32 numpy; a leading batch axis appears only if the input had one."""
+
+    actions: np.ndarray  # (n_action_steps, action_dim): the actions to execute
+    action_horizon: np.ndarray  # (horizon, action_dim): the whole predicted trajectory
+    normalized_horizon: torch.Tensor  # (B, horizon, action_dim) on the policy's device, sampler units
+    stats: SamplerStats
+    latency_s: float
+
+
+class DiffusionPolicy:
+    def __init__(self, config: PolicyConfig, model: ConditionalUnet1D, obs_normalizer: AffineNormalizer,
+                 action_normalizer: AffineNormalizer, device: str | torch.device = "cpu",
+                 sampler: str = "sequential", sampler_options: dict[str, Any] | None = None):
+        if obs_normalizer.dim != config.obs_dim or action_normalizer.dim != config.action_dim:
+            raise ValueError(
+                f"normaliser sizes (obs {obs_normalizer.dim}, action {action_normalizer.dim}) do not match the "
+                f"config (obs {config.obs_dim}, action {config.action_dim})"
+            )
+        self.config = config
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.obs_normalizer = obs_normalizer
+        self.action_normalizer = action_normalizer
+        self.scheduler = make_scheduler(config.scheduler)
+        self.set_sampler(sampler, **(sampler_options or {}))
+
+    def set_sampler(self, name: str, **options) -> None:
+        """Use the sampler registered as `name`, with its keyword options (e.g. window, tolerance)."""
+        self.sampler = get_sampler(name)
+        self.sampler_name = name
+        self.sampler_options = options
+
+    def set_scheduler(self, **changes) -> None:
+        """Sample with other scheduler settings, e.g. set_scheduler(name='ddim', num_inference_steps=15)."""
+        self.config = self.config.with_scheduler(**changes)
+        self.scheduler = make_scheduler(self.config.scheduler)
+
+    def condition(self, observations: torch.Tensor) -> list[torch.Tensor]:
+        """FiLM terms for a batch of raw observation windows (B, n_obs_steps, obs_dim)."""
+        normalized = self.obs_normalizer.normalize(observations)
+        return self.model.encode_condition(normalized.reshape(observations.shape[0], -1))
+
+    def initial_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        shape = (batch, self.config.horizon, self.config.action_dim)
+        return randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+
+    @torch.no_grad()
+    def sample_normalized(self, observations: torch.Tensor, noise: torch.Tensor | None = None,
+                          generator: torch.Generator | None = None, **options) -> tuple[torch.Tensor, SamplerStats]:
+        """The sampler's answer in normalised action units, (B, horizon, action_dim)."""
+        condition = self.condition(observations)
+        if noise is None:
+            noise = self.initial_noise(observations.shape[0], generator)
+        return self.sampler(self.model.denoise, self.scheduler, noise.to(self.device), condition,
+                            generator=generator, **{**self.sampler_options, **options})
+
+    def predict(self, observations, noise: torch.Tensor | None = None,
+                generator: torch.Generator | None = None, **options) -> PolicyOutput:
+        """Actions for an observation window (n_obs_steps, obs_dim), or a batch of them."""
+        obs = torch.as_tensor(np.asarray(observations, dtype=np.float32), device=self.device)
+        batched = obs.ndim == 3
+        expected = (self.config.n_obs_steps, self.config.obs_dim)
+        if obs.ndim not in (2, 3) or tuple(obs.shape[-2:]) != expected:
+            raise ValueError(f"observations must be {expected} or (B, *{expected}), got {tuple(obs.shape)}")
+        if not torch.isfinite(obs).all():
+            raise ValueError("observations contain NaN or Inf")
+        if not batched:
+            obs = obs[None]
+        started = time.perf_counter()
+        normalized, stats = self.sample_normalized(obs, noise, generator, **options)
+        horizon = self.action_normalizer.unnormalize(normalized).float().cpu().numpy()
+        latency = time.perf_counter() - started
+        first = self.config.n_obs_steps - 1
+        actions = horizon[:, first:first + self.config.n_action_steps]
+        if not batched:
+            actions, horizon = actions[0], horizon[0]
+        return PolicyOutput(actions, horizon, normalized, stats, latency)

@@ -1,0 +1,52 @@
+"""The Push-T evaluation: a short episode gives a well-formed result, through the API and the CLI."""
+import json
+
+import pytest
+
+from paradigms_policy.checkpoint import load_policy, save_policy
+from paradigms_policy.evaluate import run_episode, summarize
+
+from conftest import pixel_normalizers, small_config, small_model
+
+pytest.importorskip("gym_pusht", reason="the simulation harness needs gym-pusht (pip install .[sim])")
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    config = small_config()
+    return save_policy(tmp_path / "tiny", config, small_model(config=config), *pixel_normalizers())
+
+
+def test_short_episode_is_well_formed(tiny_checkpoint):
+    policy = load_policy(tiny_checkpoint, sampler="paradigms", sampler_options={"window": 8})
+    episode = run_episode(policy, seed=100000, max_steps=12)
+    assert episode["steps"] == 12 and episode["chunks"] == 2  # 8 actions per chunk
+    assert 0.0 <= episode["score"] <= 1.0 and isinstance(episode["success"], bool)
+    assert episode["rounds_median"] >= 1 and episode["latency_p50_ms"] > 0
+    summary = summarize("paradigms", {"window": 8}, [episode, {**episode, "seed": 100001, "score": 0.5}])
+    assert summary["episodes"] == 2 and summary["mean_score"] == pytest.approx((episode["score"] + 0.5) / 2)
+    low, high = summary["score_ci95"]
+    assert low <= summary["mean_score"] <= high
+
+
+def test_eval_command_writes_json_and_plot(tiny_checkpoint, tmp_path):
+    from paradigms_policy.cli import main
+
+    out = tmp_path / "eval.json"
+    plot = tmp_path / "eval.png"
+    code = main(["eval", "--checkpoint", str(tiny_checkpoint), "--sampler", "sequential,paradigms", "--episodes", "1",
+                 "--max-steps", "8", "--workers", "1", "--json", str(out), "--plot", str(plot), "--window", "8"])
+    assert code == 0 and plot.stat().st_size > 0
+    results = json.loads(out.read_text())
+    assert [row["sampler"] for row in results] == ["sequential", "paradigms"]
+    for row in results:
+        for key in ("episodes", "mean_score", "success_rate", "rounds_median", "latency_p50_ms", "per_episode"):
+            assert key in row
+        assert row["per_episode"][0]["seed"] == 100000
+
+
+def test_eval_refuses_a_missing_checkpoint(tmp_path, capsys):
+    from paradigms_policy.cli import main
+
+    assert main(["eval", "--checkpoint", str(tmp_path / "absent"), "--episodes", "1"]) == 2
+    assert "absent: no such file or directory" in capsys.readouterr().err
