@@ -49,6 +49,7 @@ class TrainConfig:
     ema_power: float = 0.75
     ema_max_decay: float = 0.9999
     checkpoint_every: int = 5000
+    log_every: int = 50
     keep_checkpoints: bool = True
     seed: int = 0
     device: str = "auto"
@@ -134,7 +135,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
         ema.step(model.parameters())
         step += 1
         bar.update(1)
-        if rank == 0 and (step % 50 == 0 or step == config.steps):
+        if rank == 0 and (step % config.log_every == 0 or step == config.steps):
             bar.set_postfix(loss=f"{loss.item():.4f}")
             with open(log_path, "a") as log:
                 log.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr_schedule.get_last_lr()[0],
