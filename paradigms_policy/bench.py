@@ -66,15 +66,22 @@ def device_name(device: torch.device) -> str:
 
 
 def run_bench(policy: DiffusionPolicy, observations: np.ndarray, samplers: list[SamplerSpec],
-              warmup: int = 2, seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Time each sampler on every observation window; returns the JSON document `bench` writes."""
+              warmup: int = 2, seed: int = 0, episode_starts: np.ndarray | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Time each sampler on every observation window; returns the JSON document `bench` writes.
+
+    `episode_starts` marks windows that begin an episode: there a temporal warm start is reset.
+    Without it every window counts as the start of its own episode.
+    """
     device = policy.device
     obs = torch.as_tensor(observations, dtype=torch.float32, device=device)
     chunks = obs.shape[0]
+    starts = np.ones(chunks, bool) if episode_starts is None else np.asarray(episode_starts, bool)
     specs = samplers if samplers and samplers[0].name == "sequential" else [SamplerSpec("sequential"), *samplers]
 
-    def solve(spec: SamplerSpec, index: int) -> tuple[torch.Tensor, Any, float]:
-        policy.set_sampler(spec.name, **spec.options)
+    def solve(index: int) -> tuple[torch.Tensor, Any, float]:
+        if starts[index]:
+            policy.reset()
         generator = torch.Generator().manual_seed(seed + index)
         noise = policy.initial_noise(1, generator)
         _synchronize(device)
@@ -83,19 +90,20 @@ def run_bench(policy: DiffusionPolicy, observations: np.ndarray, samplers: list[
         _synchronize(device)
         return normalized, stats, time.perf_counter() - started
 
-    for spec in specs:  # warm-up: first calls pay for allocation and kernel selection
-        for index in range(min(warmup, chunks)):
-            solve(spec, index)
-
     records = {spec.label: [] for spec in specs}
     reference = []
-    for index in tqdm(range(chunks), desc="bench", unit="chunk", disable=not progress):
+    with tqdm(total=len(specs) * chunks, desc="bench", unit="chunk", disable=not progress) as bar:
         for spec in specs:
-            normalized, stats, latency = solve(spec, index)
-            if spec is specs[0]:
-                reference.append(normalized)
-            deviation = float((normalized - reference[index]).abs().max())
-            records[spec.label].append((latency, stats.rounds, stats.model_evals, deviation))
+            policy.set_sampler(spec.name, **spec.options)
+            for index in range(min(warmup, chunks)):  # first calls pay for allocation and kernel selection
+                solve(index)
+            for index in range(chunks):
+                normalized, stats, latency = solve(index)
+                if spec is specs[0]:
+                    reference.append(normalized)
+                deviation = float((normalized - reference[index]).abs().max())
+                records[spec.label].append((latency, stats.rounds, stats.model_evals, deviation))
+                bar.update(1)
 
     sequential_p50 = float(np.median([row[0] for row in records[specs[0].label]]))
     results = []

@@ -51,10 +51,12 @@ def _add_sampler_options(parser) -> None:
     parser.add_argument("--window", type=int, help="parallel window (states per round)")
     parser.add_argument("--tolerance", type=float, help="convergence tolerance, in units of each step's noise std")
     parser.add_argument("--max-rounds", type=int, help="round cap of the parallel samplers")
+    parser.add_argument("--warm-start", choices=["none", "temporal"],
+                        help="temporal: seed each parallel solve with the previous chunk's trajectory")
 
 
 def parallel_options(args) -> dict:
-    names = {"window": "window", "tolerance": "tolerance", "max_rounds": "max_rounds"}
+    names = {"window": "window", "tolerance": "tolerance", "max_rounds": "max_rounds", "warm_start": "warm_start"}
     return {option: getattr(args, attr) for attr, option in names.items() if getattr(args, attr) is not None}
 
 
@@ -102,10 +104,12 @@ def _run_bench(args) -> int:
 
         dataset = PushTLowdimDataset(args.data, policy.config.horizon, policy.config.n_obs_steps,
                                      policy.config.n_action_steps)
-        observations = dataset.observation_windows(args.chunks, seed=args.seed)
+        # Consecutive windows of episodes, one executed chunk apart, as a rollout meets them.
+        observations, episode_starts = dataset.rollout_observation_windows(args.chunks, seed=args.seed)
     else:
-        observations = random_observations(policy, args.chunks, seed=args.seed)
-    document = run_bench(policy, observations, specs, warmup=args.warmup, seed=args.seed)
+        observations, episode_starts = random_observations(policy, args.chunks, seed=args.seed), None
+    document = run_bench(policy, observations, specs, warmup=args.warmup, seed=args.seed,
+                         episode_starts=episode_starts)
     document["checkpoint"] = f"random:{args.random_model}" if args.random_model else str(args.checkpoint or shipped_checkpoint())
     document["observations"] = "dataset" if args.data else "random"
     print(format_table(document))

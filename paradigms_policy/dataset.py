@@ -190,3 +190,21 @@ class PushTLowdimDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng(seed)
         chosen = rng.choice(len(self), size=count, replace=count > len(self))
         return self._obs[self._windows[chosen, : self.n_obs_steps]]
+
+    def rollout_observation_windows(self, count, seed=0):
+        """``count`` observation windows as a policy meets them in a rollout.
+
+        Episodes are taken in a reproducible random order, and within each episode the windows
+        advance by ``n_action_steps`` (one executed chunk). Returns the windows (count,
+        n_obs_steps, 20) and a boolean array marking the first window of each episode.
+        """
+        rng = np.random.default_rng(seed)
+        episode_of_window = np.searchsorted(self.episode_ends, self._windows[:, -1], side="right")
+        windows, first = [], []
+        for episode in rng.permutation(self.episodes):
+            indices = np.flatnonzero(episode_of_window == episode)[:: self.n_action_steps]
+            windows.extend(self._windows[indices, : self.n_obs_steps])
+            first.extend([True] + [False] * (len(indices) - 1))
+            if len(windows) >= count:
+                break
+        return self._obs[np.stack(windows[:count])], np.array(first[:count])

@@ -35,6 +35,7 @@ def run_episode(policy, seed: int, max_steps: int = MAX_EPISODE_STEPS, video_pat
     from .pusht_env import PushTKeypointsEnv, episode_score
 
     env = PushTKeypointsEnv(render=video_path is not None)
+    policy.reset()
     try:
         observation = env.reset(seed=seed)
         history = deque([observation] * policy.config.n_obs_steps, maxlen=policy.config.n_obs_steps)

@@ -24,6 +24,9 @@ from .normalizer import AffineNormalizer
 from .samplers import SamplerStats, get_sampler
 from .schedulers import make_scheduler
 
+WARM_STARTS = ("none", "temporal")
+WARM_STARTABLE = ("paradigms", "parataa")
+
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """'auto' -> CUDA when available, else CPU; other names as torch understands them."""
@@ -63,16 +66,32 @@ class DiffusionPolicy:
         self.scheduler = make_scheduler(config.scheduler)
         self.set_sampler(sampler, **(sampler_options or {}))
 
-    def set_sampler(self, name: str, **options) -> None:
-        """Use the sampler registered as `name`, with its keyword options (e.g. window, tolerance)."""
+    def set_sampler(self, name: str, warm_start: str = "none", **options) -> None:
+        """Use the sampler registered as `name`, with its keyword options (e.g. window, tolerance).
+
+        warm_start="temporal" seeds each solve of a parallel sampler with the previous chunk's
+        solved trajectory, shifted along the horizon by the executed actions. The noise is drawn
+        as without it, so the answer is the same fixed point; only the number of rounds changes.
+        """
+        if warm_start not in WARM_STARTS:
+            raise ValueError(f"warm_start must be one of {', '.join(WARM_STARTS)} (got {warm_start!r})")
+        if warm_start != "none" and name not in WARM_STARTABLE:
+            raise ValueError(f"warm_start={warm_start!r} needs a parallel sampler ({', '.join(WARM_STARTABLE)}), not {name!r}")
         self.sampler = get_sampler(name)
         self.sampler_name = name
         self.sampler_options = options
+        self.warm_start = warm_start
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the previous chunk (call at the start of an episode)."""
+        self._previous_trajectory = None
 
     def set_scheduler(self, **changes) -> None:
         """Sample with other scheduler settings, e.g. set_scheduler(name='ddim', num_inference_steps=15)."""
         self.config = self.config.with_scheduler(**changes)
         self.scheduler = make_scheduler(self.config.scheduler)
+        self.reset()
 
     def condition(self, observations: torch.Tensor) -> list[torch.Tensor]:
         """FiLM terms for a batch of raw observation windows (B, n_obs_steps, obs_dim)."""
@@ -90,8 +109,22 @@ class DiffusionPolicy:
         condition = self.condition(observations)
         if noise is None:
             noise = self.initial_noise(observations.shape[0], generator)
-        return self.sampler(self.model.denoise, self.scheduler, noise.to(self.device), condition,
-                            generator=generator, **{**self.sampler_options, **options})
+        noise = noise.to(self.device)
+        options = {**self.sampler_options, **options}
+        warm = self.warm_start == "temporal" and self._previous_trajectory is not None
+        if warm and self._previous_trajectory.shape[1:] == noise.shape:
+            options.setdefault("init_trajectory", self._shifted_previous_trajectory())
+        sample, stats = self.sampler(self.model.denoise, self.scheduler, noise, condition, generator=generator, **options)
+        if self.warm_start == "temporal":
+            self._previous_trajectory = stats.trajectory
+        return sample, stats
+
+    def _shifted_previous_trajectory(self) -> torch.Tensor:
+        """Every state of the previous solve advanced by n_action_steps along the horizon (edge-padded)."""
+        previous = self._previous_trajectory
+        executed = self.config.n_action_steps
+        tail = previous[:, :, -1:].expand(-1, -1, executed, -1)
+        return torch.cat([previous[:, :, executed:], tail], dim=2)
 
     def predict(self, observations, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, **options) -> PolicyOutput:

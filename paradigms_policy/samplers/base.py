@@ -40,9 +40,11 @@ class SamplerStats:
     residual: float = 0.0
     converged: bool = True
     residual_history: list[float] = field(default_factory=list)
+    # The solved states x_0..x_T, (T+1, B, ...), from samplers that solve for all of them (warm starts).
+    trajectory: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {key: value for key, value in asdict(self).items() if key != "trajectory"}
 
 
 Sampler = Callable[..., tuple[torch.Tensor, SamplerStats]]

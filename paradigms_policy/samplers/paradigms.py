@@ -109,4 +109,5 @@ def sample(denoiser: Denoiser, scheduler, noise: torch.Tensor, condition, *,
     converged = start >= steps_total
     result = trajectory[steps_total] if converged or computed_end >= steps_total else estimate
     return result, SamplerStats(rounds=rounds, model_evals=evals, residual=history[-1] if history else 0.0,
-                                converged=converged, residual_history=history)
+                                converged=converged, residual_history=history,
+                                trajectory=trajectory[:steps_total + 1])
