@@ -41,6 +41,8 @@ def _add_bench(subparsers) -> None:
     parser.add_argument("--scheduler", choices=["ddpm", "ddim", "dpmsolver"], help="override the checkpoint's scheduler")
     parser.add_argument("--inference-steps", type=int, help="override the number of denoising steps")
     _add_sampler_options(parser)
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay the denoiser from CUDA graphs (CUDA only; elsewhere the run stays eager)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed chunks per sampler first")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=_run_bench)
@@ -99,6 +101,9 @@ def _run_bench(args) -> int:
                                                       ("num_inference_steps", args.inference_steps)) if v})
     else:
         policy = open_policy(args)
+    graphs = args.cuda_graphs and policy.use_cuda_graphs()
+    if args.cuda_graphs and not graphs:
+        print(f"note: --cuda-graphs needs a CUDA device; {policy.device} runs eager", file=sys.stderr)
     if args.data:
         from .dataset import PushTLowdimDataset
 
@@ -112,6 +117,7 @@ def _run_bench(args) -> int:
                          episode_starts=episode_starts)
     document["checkpoint"] = f"random:{args.random_model}" if args.random_model else str(args.checkpoint or shipped_checkpoint())
     document["observations"] = "dataset" if args.data else "random"
+    document["cuda_graphs"] = bool(graphs)
     print(format_table(document))
     if args.json:
         write_json(document, args.json)

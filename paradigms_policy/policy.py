@@ -64,7 +64,23 @@ class DiffusionPolicy:
         self.obs_normalizer = obs_normalizer
         self.action_normalizer = action_normalizer
         self.scheduler = make_scheduler(config.scheduler)
+        self._captured = None
         self.set_sampler(sampler, **(sampler_options or {}))
+
+    @property
+    def denoiser(self):
+        """The network call the samplers use: CUDA-graph replays once enabled, else the eager model."""
+        return self._captured if self._captured is not None else self.model.denoise
+
+    def use_cuda_graphs(self, enabled: bool = True) -> bool:
+        """Replay the denoiser from CUDA graphs (captured per batch shape on first use).
+
+        Returns whether graphs are in use: they need a CUDA device, elsewhere the model stays eager.
+        """
+        from .graphs import CapturedDenoiser
+
+        self._captured = CapturedDenoiser(self.model.denoise) if enabled and self.device.type == "cuda" else None
+        return self._captured is not None
 
     def set_sampler(self, name: str, warm_start: str = "none", **options) -> None:
         """Use the sampler registered as `name`, with its keyword options (e.g. window, tolerance).
@@ -114,7 +130,7 @@ class DiffusionPolicy:
         warm = self.warm_start == "temporal" and self._previous_trajectory is not None
         if warm and self._previous_trajectory.shape[1:] == noise.shape:
             options.setdefault("init_trajectory", self._shifted_previous_trajectory())
-        sample, stats = self.sampler(self.model.denoise, self.scheduler, noise, condition, generator=generator, **options)
+        sample, stats = self.sampler(self.denoiser, self.scheduler, noise, condition, generator=generator, **options)
         if self.warm_start == "temporal":
             self._previous_trajectory = stats.trajectory
         return sample, stats
