@@ -63,16 +63,37 @@ def parallel_options(args) -> dict:
 
 
 def sampler_specs(names: str, options: dict) -> list:
+    """Samplers from `name[:option=value[:option=value...]]`, comma separated.
+
+    The shared options (--window, ...) apply to every parallel sampler; options written after a
+    name override them for that sampler only, e.g. `sequential,paradigms,parataa:warm_start=temporal`.
+    """
     from .bench import SamplerSpec
     from .samplers import get_sampler
 
     specs = []
-    for name in (part.strip() for part in names.split(",") if part.strip()):
+    for entry in (part.strip() for part in names.split(",") if part.strip()):
+        name, *overrides = entry.split(":")
         get_sampler(name)  # unknown names fail here, before any work
-        specs.append(SamplerSpec(name, {} if name == "sequential" else dict(options)))
+        own = {} if name == "sequential" else dict(options)
+        for override in overrides:
+            key, separator, value = override.partition("=")
+            if not separator or not key:
+                raise ValueError(f"sampler option {override!r} in {entry!r} is not of the form option=value")
+            own[key] = _option_value(value)
+        specs.append(SamplerSpec(name, own))
     if not specs:
         raise ValueError("--samplers names no sampler")
     return specs
+
+
+def _option_value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def open_policy(args):
@@ -166,6 +187,40 @@ def _run_eval(args) -> int:
     return 0
 
 
+def _add_curve(subparsers) -> None:
+    parser = subparsers.add_parser("curve", help="Push-T score of every checkpoint of a training run")
+    parser.add_argument("--run", required=True, help="training run directory (its checkpoints/step_* are evaluated)")
+    parser.add_argument("--sampler", default="sequential")
+    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=100000, help="first episode seed")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--json", help="write [{steps, summary}, ...] here")
+    parser.add_argument("--plot", help="PNG of score against training steps")
+    parser.set_defaults(handler=_run_curve)
+
+
+def _run_curve(args) -> int:
+    from .bench import write_json
+    from .evaluate import evaluate, plot_training_curve
+
+    checkpoints = sorted(Path(args.run).glob("checkpoints/step_*"))
+    if not checkpoints:
+        raise FileNotFoundError(f"{args.run}: no checkpoints/step_* directories")
+    seeds = list(range(args.seed, args.seed + args.episodes))
+    points = []
+    for checkpoint in checkpoints:
+        steps = int(checkpoint.name.split("_")[1])
+        summary = evaluate(checkpoint, [(args.sampler, {})], seeds, workers=args.workers)[0]
+        print(f"{steps:>7} steps: mean score {summary['mean_score']:.3f}, success {summary['success_rate']:.2f}")
+        points.append((steps, summary))
+    if args.json:
+        write_json([{"steps": steps, **summary} for steps, summary in points], args.json)
+    if args.plot:
+        plot_training_curve(points, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def _add_train(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train a low-dim Diffusion Policy on the Push-T demonstrations")
     parser.add_argument("--data", default=str(DEFAULT_ZARR), help="Push-T replay zarr (default: %(default)s)")
@@ -209,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_bench(subparsers)
     _add_eval(subparsers)
+    _add_curve(subparsers)
     _add_train(subparsers)
     return parser
 

@@ -85,6 +85,7 @@ def summarize(sampler: str, options: dict[str, Any], episodes: list[dict[str, An
     half_width = 1.96 * scores.std(ddof=1) / math.sqrt(count) if count > 1 else float("nan")
     return {
         "sampler": sampler,
+        "label": sampler + "".join(f" {key}={value}" for key, value in options.items()),
         "options": options,
         "episodes": count,
         "mean_score": float(scores.mean()),
@@ -104,23 +105,22 @@ def evaluate(checkpoint: str | Path, samplers: list[tuple[str, dict[str, Any]]],
     """Run every seed with every sampler; one summary per sampler, in the order given."""
     from tqdm import tqdm
 
-    tasks = [(name, options, seed) for seed in seeds for name, options in samplers]
     if video_dir is not None:
         Path(video_dir).mkdir(parents=True, exist_ok=True)
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in samplers}
+    results: list[list[dict[str, Any]]] = [[] for _ in samplers]
     context = multiprocessing.get_context("spawn")  # torch and OpenMP do not survive fork safely
     with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context, initializer=_init_worker,
                              initargs=(str(checkpoint), device)) as pool:
         futures = {
             pool.submit(_worker_episode, name, options, seed, max_steps,
-                        None if video_dir is None else str(Path(video_dir) / f"{name}_seed{seed}.gif")): name
-            for name, options, seed in tasks
+                        None if video_dir is None else str(Path(video_dir) / f"{index}-{name}_seed{seed}.gif")): index
+            for seed in seeds for index, (name, options) in enumerate(samplers)
         }
         with tqdm(total=len(futures), desc="eval", unit="episode", disable=not progress) as bar:
             for future in as_completed(futures):
                 results[futures[future]].append(future.result())
                 bar.update(1)
-    return [summarize(name, options, results[name]) for name, options in samplers]
+    return [summarize(name, options, episodes) for (name, options), episodes in zip(samplers, results)]
 
 
 def plot_comparison(summaries: list[dict[str, Any]], path: str | Path) -> None:
@@ -130,7 +130,7 @@ def plot_comparison(summaries: list[dict[str, Any]], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [row["sampler"] for row in summaries]
+    labels = [row["label"].replace(" ", "\n") for row in summaries]
     figure, (score_axis, latency_axis) = plt.subplots(1, 2, figsize=(9, 3.6))
     means = [row["mean_score"] for row in summaries]
     errors = [[row["mean_score"] - row["score_ci95"][0] for row in summaries],
@@ -152,13 +152,39 @@ def plot_comparison(summaries: list[dict[str, Any]], path: str | Path) -> None:
     plt.close(figure)
 
 
+def plot_training_curve(points: list[tuple[int, dict[str, Any]]], path: str | Path) -> None:
+    """Mean score (95% CI) and success rate against training steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [step for step, _ in points]
+    means = np.array([summary["mean_score"] for _, summary in points])
+    lows = np.array([summary["score_ci95"][0] for _, summary in points])
+    highs = np.array([summary["score_ci95"][1] for _, summary in points])
+    figure, axis = plt.subplots(figsize=(6, 3.6))
+    axis.plot(steps, means, "o-", label="mean score")
+    axis.fill_between(steps, lows, highs, alpha=0.25, label="95% CI")
+    axis.plot(steps, [summary["success_rate"] for _, summary in points], "s--", label="success rate")
+    axis.set_xlabel("training steps")
+    axis.set_ylim(0, 1.02)
+    axis.set_title(f"Push-T, {points[0][1]['sampler']}, {points[0][1]['episodes']} episodes per checkpoint")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def format_table(summaries: list[dict[str, Any]]) -> str:
     lines = ["| sampler | episodes | mean score (95% CI) | success rate | rounds (median) | latency p50 ms | speed-up |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     baseline = summaries[0]["latency_p50_ms"]
     for row in summaries:
         low, high = row["score_ci95"]
-        lines.append(f"| {row['sampler']} | {row['episodes']} | {row['mean_score']:.3f} ({low:.3f}-{high:.3f}) | "
+        lines.append(f"| {row['label']} | {row['episodes']} | {row['mean_score']:.3f} ({low:.3f}-{high:.3f}) | "
                      f"{row['success_rate']:.2f} | {row['rounds_median']:g} | {row['latency_p50_ms']:.1f} | "
                      f"{baseline / row['latency_p50_ms']:.2f}x |")
     return "\n".join(lines)
