@@ -221,6 +221,14 @@ def _run_curve(args) -> int:
     return 0
 
 
+def _add_demo(subparsers) -> None:
+    from .demo import add_demo_arguments, run_demo
+
+    parser = subparsers.add_parser("demo", help="policy node + Push-T simulation node over ROS 2 (no ros2 launch needed)")
+    add_demo_arguments(parser)
+    parser.set_defaults(handler=run_demo)
+
+
 def _add_train(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train a low-dim Diffusion Policy on the Push-T demonstrations")
     parser.add_argument("--data", default=str(DEFAULT_ZARR), help="Push-T replay zarr (default: %(default)s)")
@@ -266,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(subparsers)
     _add_curve(subparsers)
     _add_train(subparsers)
+    _add_demo(subparsers)
     return parser
 
 

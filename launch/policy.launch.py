@@ -1,0 +1,64 @@
+"""Start the Diffusion Policy node, and optionally the Push-T simulation, with the package's parameter files.
+
+    ros2 launch paradigms_policy policy.launch.py
+    ros2 launch paradigms_policy policy.launch.py use_sim:=true sampler:=paradigms
+    ros2 launch paradigms_policy policy.launch.py checkpoint:=/path/to/ckpt params_file:=/path/to/my.yaml
+
+Arguments:
+    checkpoint   policy checkpoint; empty (default) keeps the params file's value, whose empty
+                 string means the shipped Push-T checkpoint
+    sampler      sequential, paradigms, ...; empty (default) keeps the params file's value
+    use_sim      also start pusht_sim_node (config/pusht_sim.yaml)
+    params_file  parameter file of the policy node (default: config/policy.yaml of this package);
+                 the simulation node reads config/pusht_sim.yaml and then this file, so one file
+                 may configure both nodes
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+PACKAGE = "paradigms_policy"
+TRUE_WORDS = ("true", "1", "yes", "on")
+
+
+def _config(name):
+    return os.path.join(get_package_share_directory(PACKAGE), "config", name)
+
+
+def _nodes(context, *args, **kwargs):
+    """The nodes, built once the launch arguments are known (empty arguments are not passed on)."""
+    params_file = LaunchConfiguration("params_file").perform(context) or _config("policy.yaml")
+    overrides = {}
+    for name in ("checkpoint", "sampler"):
+        value = LaunchConfiguration(name).perform(context)
+        if value:
+            overrides[name] = value
+    policy_parameters = [params_file] + ([overrides] if overrides else [])
+    actions = [
+        Node(package=PACKAGE, executable="policy_node", name="policy_node", output="screen",
+             parameters=policy_parameters),
+    ]
+    if LaunchConfiguration("use_sim").perform(context).strip().lower() in TRUE_WORDS:
+        actions.append(
+            Node(package=PACKAGE, executable="pusht_sim_node", name="pusht_sim_node", output="screen",
+                 parameters=[_config("pusht_sim.yaml"), params_file]))
+    return actions
+
+
+def generate_launch_description():
+    return LaunchDescription([
+        DeclareLaunchArgument("checkpoint", default_value="",
+                              description="Policy checkpoint; empty = the params file's value "
+                                          "(whose empty string means the shipped Push-T checkpoint)"),
+        DeclareLaunchArgument("sampler", default_value="",
+                              description="Sampler (sequential, paradigms, ...); empty = the params file's value"),
+        DeclareLaunchArgument("use_sim", default_value="false", choices=["true", "false", "True", "False", "1", "0"],
+                              description="Also start the Push-T simulation node"),
+        DeclareLaunchArgument("params_file", default_value=_config("policy.yaml"),
+                              description="Parameter file of the policy node (ROS 2 params layout)"),
+        OpaqueFunction(function=_nodes),
+    ])

@@ -1,0 +1,198 @@
+"""`paradigms-policy demo`: the policy node and the Push-T simulation node in one process, without `ros2 launch`.
+
+Both nodes are the real ROS 2 nodes, configured from the same parameter files as the launch file
+(config/policy.yaml and config/pusht_sim.yaml by default) and talking over DDS (LOCALHOST
+discovery, a ROS domain id of their own). They spin on one MultiThreadedExecutor until the
+simulation has run the requested episodes; the demo prints each episode's score and the latency
+per chunk, then shuts everything down.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .chunk_timing import percentiles
+
+PACKAGE = "paradigms_policy"
+CONFIG_FILES = ("policy.yaml", "pusht_sim.yaml")
+
+
+def package_config_dir() -> Path:
+    """The package's config directory: ament share directory, sys.prefix/share, or the source tree."""
+    source_tree = Path(__file__).resolve().parent.parent / "config"
+    candidates = [source_tree, Path(sys.prefix) / "share" / PACKAGE / "config"]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.insert(0, Path(get_package_share_directory(PACKAGE)) / "config")
+    except Exception:  # no ament index (pip install) or the package is not in it
+        pass
+    for candidate in candidates:
+        if all((candidate / name).is_file() for name in CONFIG_FILES):
+            return candidate
+    return source_tree
+
+
+def default_params_files() -> list[str]:
+    directory = package_config_dir()
+    return [str(directory / name) for name in CONFIG_FILES]
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", default=None,
+                        help="policy checkpoint (default: the params file's value; empty there = the shipped "
+                             "Push-T checkpoint)")
+    parser.add_argument("--sampler", default=None,
+                        help="sampler, e.g. sequential or paradigms (default: the params file's)")
+    parser.add_argument("--device", default=None, help="auto, cpu or cuda (default: the params file's)")
+    parser.add_argument("--episodes", type=int, default=3, help="episodes to run (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=100000, help="seed of the first episode (default: %(default)s)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="steps per episode (default: the params file's, 300)")
+    parser.add_argument("--params-file", "--params-files", dest="params_files", action="append", default=None,
+                        metavar="FILE", help="ROS 2 parameter file; repeat for several (default: the package's "
+                                             "config/policy.yaml and config/pusht_sim.yaml)")
+    parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: the params file's)")
+    parser.add_argument("--video", default=None, metavar="DIR", help="write one video per episode into DIR")
+    parser.add_argument("--domain-id", type=int, default=None,
+                        help="ROS domain id (default: $ROS_DOMAIN_ID, else one derived from the process id)")
+
+
+def _fmt_ms(value) -> str:
+    return "n/a" if value is None else f"{value * 1000.0:.1f} ms"
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    try:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+        from rclpy.parameter import Parameter
+    except ImportError as err:
+        print(f"paradigms-policy demo: error: rclpy is not importable ({err}); install ROS 2 or "
+              "pip install 'paradigms_policy[ros]'", file=sys.stderr)
+        return 2
+    if args.episodes < 1:
+        print("paradigms-policy demo: error: --episodes must be at least 1", file=sys.stderr)
+        return 2
+    files = args.params_files or default_params_files()
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        print(f"paradigms-policy demo: error: parameter file not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if args.video:
+        Path(args.video).mkdir(parents=True, exist_ok=True)
+
+    # Discovery stays on this machine unless the caller chose otherwise; a domain of our own.
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    domain_id = args.domain_id
+    if domain_id is None:
+        domain_id = int(os.environ["ROS_DOMAIN_ID"]) if os.environ.get("ROS_DOMAIN_ID", "").isdigit() \
+            else 1 + os.getpid() % 100
+
+    from .policy_node import PolicyNode, StartupError
+    from .pusht_sim_node import PushTSimNode
+
+    cli_args = ["--ros-args"]
+    for f in files:
+        cli_args += ["--params-file", str(f)]
+    policy_overrides = [Parameter(name, value=value) for name, value in
+                        (("checkpoint", args.checkpoint), ("sampler", args.sampler), ("device", args.device),
+                         ("num_threads", args.num_threads)) if value is not None]
+    sim_overrides = [Parameter("episodes", value=args.episodes), Parameter("seed", value=args.seed)]
+    if args.max_steps is not None:
+        sim_overrides.append(Parameter("max_steps", value=args.max_steps))
+    if args.video:
+        sim_overrides.append(Parameter("video_dir", value=str(Path(args.video).resolve())))
+
+    context = Context()
+    rclpy.init(context=context, domain_id=domain_id)
+    nodes = []
+    executor = None
+    spinner = None
+    try:
+        try:
+            policy = PolicyNode(context=context, cli_args=cli_args, parameter_overrides=policy_overrides)
+            nodes.append(policy)
+            sim = PushTSimNode(context=context, cli_args=cli_args, parameter_overrides=sim_overrides)
+            nodes.append(sim)
+        except StartupError as err:
+            print(f"paradigms-policy demo: error: {err}", file=sys.stderr)
+            return 2
+        print(f"demo: ROS domain {domain_id} ({os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE']} discovery), "
+              f"sampler {policy.statistics()['sampler']} on {policy.policy.device}, "
+              f"{args.episodes} episode(s) from seed {args.seed}, parameters from {', '.join(map(str, files))}")
+        executor = MultiThreadedExecutor(num_threads=4, context=context)
+        for node in nodes:
+            executor.add_node(node)
+        def spin():
+            try:
+                executor.spin()
+            except ExternalShutdownException:  # Ctrl-C shut the context down
+                pass
+
+        spinner = threading.Thread(target=spin, name="demo-executor", daemon=True)
+        spinner.start()
+
+        sim_values = {name: sim.get_parameter(name).value for name in ("max_steps", "control_rate", "reset_pause_s")}
+        per_episode_s = sim_values["max_steps"] / sim_values["control_rate"] + sim_values["reset_pause_s"]
+        deadline = time.monotonic() + args.episodes * (1.5 * per_episode_s + 10.0) + 30.0
+        reported = 0
+        chunk_mark = 0
+        while reported < args.episodes:
+            if time.monotonic() > deadline:
+                print(f"paradigms-policy demo: error: timed out after {reported} of {args.episodes} episode(s)",
+                      file=sys.stderr)
+                return 1
+            sim.finished.wait(0.2)
+            while reported < len(sim.results):
+                result = sim.results[reported]
+                chunks = list(policy.chunk_log)[chunk_mark:]
+                chunk_mark += len(chunks)
+                p50, p99 = percentiles([c["latency_s"] for c in chunks if c["latency_s"] is not None])
+                published = sum(c["published"] for c in chunks)
+                misses = len(chunks) - published
+                reported += 1
+                print(f"episode {reported}/{args.episodes} seed {result['seed']}: score {result['score']:.3f} "
+                      f"({'success' if result['success'] else 'no success'}), {result['steps']} steps, "
+                      f"{published} chunks, {misses} deadline misses, latency per chunk p50 {_fmt_ms(p50)} "
+                      f"p99 {_fmt_ms(p99)}" + (f", video {result['video']}" if "video" in result else ""), flush=True)
+
+        stats = policy.statistics()
+        log = list(policy.chunk_log)
+        p50, p99 = percentiles([c["latency_s"] for c in log if c["latency_s"] is not None])
+        a50, a99 = percentiles([c["ready_age_s"] for c in log if c["ready_age_s"] is not None])
+        scores = [r["score"] for r in sim.results]
+        successes = sum(r["success"] for r in sim.results)
+        print(f"mean score {sum(scores) / len(scores):.3f}, success {successes}/{len(scores)}")
+        print(f"latency per chunk: inference p50 {_fmt_ms(p50)}, p99 {_fmt_ms(p99)}; observation to ready "
+              f"p50 {_fmt_ms(a50)}, p99 {_fmt_ms(a99)}; {stats['chunks_published']} chunks published, "
+              f"{stats['deadline_misses']} deadline misses, mean rounds "
+              f"{'n/a' if stats['rounds_mean'] is None else format(stats['rounds_mean'], '.1f')}, "
+              f"{stats['observations_rejected']} observations rejected")
+        return 0
+    except KeyboardInterrupt:
+        print("paradigms-policy demo: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if executor is not None:
+            executor.shutdown()
+        if spinner is not None:
+            spinner.join(timeout=5.0)
+        for node in reversed(nodes):
+            node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="paradigms-policy demo", description=__doc__)
+    add_demo_arguments(parser)
+    return run_demo(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
