@@ -1,12 +1,13 @@
 """Samplers by name. Each is `sample(denoiser, scheduler, noise, condition, *, generator, **options)`."""
 from __future__ import annotations
 
-from . import paradigms, sequential
+from . import paradigms, parataa, sequential
 from .base import Denoiser, Sampler, SamplerStats
 
 SAMPLERS: dict[str, Sampler] = {
     "sequential": sequential.sample,
     "paradigms": paradigms.sample,
+    "parataa": parataa.sample,
 }
 
 
