@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -210,7 +211,13 @@ def _run_curve(args) -> int:
     points = []
     for checkpoint in checkpoints:
         steps = int(checkpoint.name.split("_")[1])
-        summary = evaluate(checkpoint, [(args.sampler, {})], seeds, workers=args.workers)[0]
+        # Results are kept beside the checkpoint, so an interrupted or repeated curve resumes.
+        cached = checkpoint / f"eval_{args.sampler}_seed{args.seed}_n{args.episodes}.json"
+        if cached.exists():
+            summary = json.loads(cached.read_text())
+        else:
+            summary = evaluate(checkpoint, [(args.sampler, {})], seeds, workers=args.workers)[0]
+            write_json(summary, cached)
         print(f"{steps:>7} steps: mean score {summary['mean_score']:.3f}, success {summary['success_rate']:.2f}")
         points.append((steps, summary))
     if args.json:

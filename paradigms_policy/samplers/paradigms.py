@@ -21,7 +21,7 @@ import math
 import torch
 
 from .base import Denoiser, SamplerStats
-from .chain import DenoisingChain
+from .window import WindowedSolve, check_window_options
 
 DEFAULT_WINDOW = 16
 DEFAULT_TOLERANCE = 0.1
@@ -44,70 +44,31 @@ def sample(denoiser: Denoiser, scheduler, noise: torch.Tensor, condition, *,
     init_trajectory: (T+1, B, ...) initial guess of every state (a warm start); its first state
         is replaced by `noise`. Default: every state starts as `noise`.
     """
-    if window < 1:
-        raise ValueError(f"window must be >= 1 (got {window})")
+    check_window_options(window, max_rounds)
     if not tolerance >= 0:
         raise ValueError(f"tolerance must be >= 0 (got {tolerance})")
-    if max_rounds is not None and max_rounds < 1:
-        raise ValueError(f"max_rounds must be >= 1 (got {max_rounds})")
-
-    chain = DenoisingChain.cached(scheduler, noise.device, noise.dtype)
-    steps_total = chain.num_steps
-    noise_terms = chain.draw_noise(noise.shape, generator, noise.device, noise.dtype)
-    width = window if fixed_shape else min(window, steps_total)
-    if fixed_shape:
-        chain = chain.padded(width)
-        noise_terms = torch.cat([noise_terms, noise_terms.new_zeros((width, *noise.shape))])
-    batch, chunk_shape = noise.shape[0], noise.shape[1:]
-    elements = math.prod(chunk_shape)
-    trajectory = noise.new_empty((chain.num_steps + 1, *noise.shape))
-    warm = init_trajectory is not None
-    if warm:
-        if init_trajectory.shape != (steps_total + 1, *noise.shape):
-            raise ValueError(f"init_trajectory must be {(steps_total + 1, *noise.shape)}, got {tuple(init_trajectory.shape)}")
-        trajectory[: steps_total + 1] = init_trajectory
-        trajectory[steps_total + 1:] = init_trajectory[-1]
-        trajectory[0] = noise
-    else:
-        trajectory[:] = noise
-
+    solve = WindowedSolve(scheduler, noise, generator, window, fixed_shape, init_trajectory)
+    elements = math.prod(solve.chunk_shape)
     threshold = tolerance**2
     start = rounds = evals = 0
     history: list[float] = []
-    while start < steps_total and (max_rounds is None or rounds < max_rounds):
-        slots = width if fixed_shape else min(width, steps_total - start)
-        valid = min(slots, steps_total - start)
-        steps = torch.arange(start, start + slots, device=noise.device)
-        states = trajectory[start:start + slots]
-        eps = denoiser(states.reshape(slots * batch, *chunk_shape),
-                       chain.timesteps[steps].repeat_interleave(batch), condition).reshape(states.shape)
-        if max_rounds is not None and rounds + 1 == max_rounds:
-            # The deadline answer if the window does not reach the end: the clean-sample estimate at
-            # the furthest state, taken before this round overwrites that state.
-            furthest = steps[valid - 1:valid]
-            estimate = chain.predicted_clean(states[valid - 1:valid], eps[valid - 1:valid], furthest)[0]
-        proposal = chain.mean_step(states, eps, steps) + noise_terms[start:start + slots]
-        residual = proposal - trajectory[start + 1:start + slots + 1]
+    while start < solve.steps_total and (max_rounds is None or rounds < max_rounds):
+        slots, valid, steps = solve.window_at(start)
+        proposal, residual = solve.evaluate(denoiser, condition, start, steps,
+                                            keep_estimate=max_rounds is not None and rounds + 1 == max_rounds)
         change = residual.cumsum(0)
         earlier = torch.cat([torch.zeros_like(change[:1]), change[:-1]])
-        trajectory[start + 1:start + slots + 1] = proposal + earlier
+        solve.write(start, proposal + earlier)
 
-        mean_square = change[:valid].reshape(valid, batch, -1).square().sum(-1) / elements
-        worst = (mean_square / chain.variance[steps[:valid], None]).amax(1)
+        mean_square = change[:valid].reshape(valid, solve.batch, -1).square().sum(-1) / elements
+        worst = (mean_square / solve.chain.variance[steps[:valid], None]).amax(1)
         failing = (worst > threshold).nonzero()
-        advance = valid if failing.numel() == 0 else min(int(failing[0]) + 1, valid)
+        start += valid if failing.numel() == 0 else min(int(failing[0]) + 1, valid)
         rounds += 1
         evals += slots
         history.append(math.sqrt(float(mean_square.max())))
+        solve.slide_to(start)
 
-        computed_end = start + valid
-        start += advance
-        exposed_end = min(start + width, steps_total)
-        if not warm and exposed_end > computed_end:
-            trajectory[computed_end + 1:exposed_end + 1] = trajectory[computed_end]
-
-    converged = start >= steps_total
-    result = trajectory[steps_total] if converged or computed_end >= steps_total else estimate
+    result, converged, trajectory = solve.answer(start)
     return result, SamplerStats(rounds=rounds, model_evals=evals, residual=history[-1] if history else 0.0,
-                                converged=converged, residual_history=history,
-                                trajectory=trajectory[:steps_total + 1])
+                                converged=converged, residual_history=history, trajectory=trajectory)

@@ -49,7 +49,7 @@ from typing import Any, Callable
 import torch
 
 from .base import Denoiser, SamplerStats
-from .chain import DenoisingChain
+from .window import WindowedSolve, check_window_options
 
 DEFAULT_WINDOW = 16
 DEFAULT_MEMORY = 2
@@ -111,8 +111,7 @@ def solve(denoiser: Denoiser, scheduler, noise: torch.Tensor, condition, *,
         k-th order update G of x_{s+1} .. x_{s+p}), updated (what was written there instead) and
         trajectory (a copy, T+1 states). For tests and convergence plots.
     """
-    if window < 1:
-        raise ValueError(f"window must be >= 1 (got {window})")
+    check_window_options(window, max_rounds)
     if order is not None and order < 1:
         raise ValueError(f"order must be >= 1 (got {order})")
     if memory < 1:
@@ -121,60 +120,29 @@ def solve(denoiser: Denoiser, scheduler, noise: torch.Tensor, condition, *,
         raise ValueError(f"ridge must be >= 0 (got {ridge})")
     if not (tolerance >= 0 and relative_tolerance >= 0):
         raise ValueError(f"tolerances must be >= 0 (got {tolerance}, {relative_tolerance})")
-    if max_rounds is not None and max_rounds < 1:
-        raise ValueError(f"max_rounds must be >= 1 (got {max_rounds})")
 
-    chain = DenoisingChain.cached(scheduler, noise.device, noise.dtype)
-    steps_total = chain.num_steps
-    noise_terms = chain.draw_noise(noise.shape, generator, noise.device, noise.dtype)
-    width = window if fixed_shape else min(window, steps_total)
-    span = min(order if order is not None else width, width)  # k; beyond the window it is Picard
-    if fixed_shape:
-        chain = chain.padded(width)
-        noise_terms = torch.cat([noise_terms, noise_terms.new_zeros((width, *noise.shape))])
-    batch, chunk_shape = noise.shape[0], noise.shape[1:]
-    trajectory = noise.new_empty((chain.num_steps + 1, *noise.shape))
-    warm = init_trajectory is not None
-    if warm:
-        if init_trajectory.shape != (steps_total + 1, *noise.shape):
-            raise ValueError(f"init_trajectory must be {(steps_total + 1, *noise.shape)}, got {tuple(init_trajectory.shape)}")
-        trajectory[: steps_total + 1] = init_trajectory
-        trajectory[steps_total + 1:] = init_trajectory[-1]
-        trajectory[0] = noise
-    else:
-        trajectory[:] = noise
-
+    solve = WindowedSolve(scheduler, noise, generator, window, fixed_shape, init_trajectory)
+    span = min(order if order is not None else solve.width, solve.width)  # k; beyond the window it is Picard
     # Per step, the largest RMS first-order residual that counts as done.
-    limit = torch.clamp(relative_tolerance * chain.variance.sqrt(), min=tolerance)
-    history = _History(memory - 1, chain.num_steps, noise) if memory > 1 else None
+    limit = torch.clamp(relative_tolerance * solve.chain.variance.sqrt(), min=tolerance)
+    history = _History(memory - 1, solve.chain.num_steps, noise) if memory > 1 else None
 
-    start = rounds = evals = computed_end = 0
+    start = rounds = evals = 0
     residual_history: list[float] = []
-    while start < steps_total and (max_rounds is None or rounds < max_rounds):
-        slots = width if fixed_shape else min(width, steps_total - start)
-        valid = min(slots, steps_total - start)
-        steps = torch.arange(start, start + slots, device=noise.device)
-        states = trajectory[start:start + slots]
-        eps = denoiser(states.reshape(slots * batch, *chunk_shape),
-                       chain.timesteps[steps].repeat_interleave(batch), condition).reshape(states.shape)
-        if max_rounds is not None and rounds + 1 == max_rounds:
-            # The deadline answer if the window does not reach the end: the clean-sample estimate at
-            # the furthest state, taken before this round overwrites that state.
-            furthest = steps[valid - 1:valid]
-            estimate = chain.predicted_clean(states[valid - 1:valid], eps[valid - 1:valid], furthest)[0]
-        proposal = chain.mean_step(states, eps, steps) + noise_terms[start:start + slots]  # g_j(x_j)
-        residual = proposal - trajectory[start + 1:start + slots + 1]  # r_j
-        rms = residual[:valid].reshape(valid, batch, -1).square().mean(-1).sqrt()
+    while start < solve.steps_total and (max_rounds is None or rounds < max_rounds):
+        slots, valid, steps = solve.window_at(start)
+        proposal, residual = solve.evaluate(denoiser, condition, start, steps,
+                                            keep_estimate=max_rounds is not None and rounds + 1 == max_rounds)
+        rms = residual[:valid].reshape(valid, solve.batch, -1).square().mean(-1).sqrt()
         failing = (~(rms <= limit[start:start + valid, None]).all(1)).nonzero()  # NaN is never done
         rounds += 1
         evals += slots
         residual_history.append(float(rms.max()))
-        computed_end = start + valid
 
         # The leading done states and the noisiest one that is not done take the plain update; the rest mix.
         lead = int(failing[0]) if failing.numel() else valid
         plain_count = min(lead + 1, slots)
-        current = trajectory[start + 1:start + slots + 1]
+        current = solve.trajectory[start + 1:start + slots + 1]
         plain, fixed_point_residual = _kth_order(proposal, residual, span)
         if history is None or plain_count == slots:
             updated, counts = plain, [0] * slots
@@ -184,17 +152,13 @@ def solve(denoiser: Denoiser, scheduler, noise: torch.Tensor, condition, *,
         if observer is not None:
             info = {"round": rounds, "start": start, "base": start + lead if lead < valid else None, "counts": counts,
                     "plain": plain.clone(), "updated": updated.clone()}
-        trajectory[start + 1:start + slots + 1] = updated
+        solve.write(start, updated)
         start += lead + 1 if lead < valid else valid
-        exposed_end = min(start + width, steps_total)
-        if not warm and exposed_end > computed_end:
-            trajectory[computed_end + 1:exposed_end + 1] = trajectory[computed_end]
+        solve.slide_to(start)
         if observer is not None:
-            observer({**info, "trajectory": trajectory[:steps_total + 1].clone()})
+            observer({**info, "trajectory": solve.trajectory[:solve.steps_total + 1].clone()})
 
-    converged = start >= steps_total
-    result = trajectory[steps_total] if converged or computed_end >= steps_total else estimate
-    solved = trajectory[:steps_total + 1]
+    result, converged, solved = solve.answer(start)
     stats = SamplerStats(rounds=rounds, model_evals=evals, residual=residual_history[-1] if residual_history else 0.0,
                          converged=converged, residual_history=residual_history, trajectory=solved)
     return result, stats, solved
