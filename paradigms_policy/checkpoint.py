@@ -66,7 +66,7 @@ def detect_format(path: str | os.PathLike) -> str:
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
         raise CheckpointError(path, f"unknown checkpoint format: the directory has no {CONFIG_FILE}")
-    config = _read_json(config_path)
+    config = read_json(config_path)
     if config.get("format") == NATIVE_FORMAT:
         return "native"
     if config.get("type") == "diffusion" or "input_features" in config or "input_shapes" in config:
@@ -154,7 +154,7 @@ def save_policy(directory: str | os.PathLike, config: PolicyConfig, model: torch
 
 def _read_native(directory: Path) -> PolicyWeights:
     config_path = directory / CONFIG_FILE
-    document = _read_json(config_path)
+    document = read_json(config_path)
     version = document.get("format_version")
     if version != NATIVE_FORMAT_VERSION:
         raise CheckpointError(config_path, f"unsupported format_version {version!r} (this package reads {NATIVE_FORMAT_VERSION})")
@@ -179,7 +179,10 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(path, f"cannot read safetensors weights ({err}); the file may be truncated or corrupt") from None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`, or a CheckpointError naming the file."""
+    if not path.is_file():
+        raise CheckpointError(path, "file is missing")
     try:
         document = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

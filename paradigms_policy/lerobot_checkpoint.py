@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, PolicyWeights, read_safetensors
+from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, PolicyWeights, read_json, read_safetensors
 from .config import ConfigError, PolicyConfig, SchedulerConfig, UnetConfig
 from .normalizer import AffineNormalizer
 
@@ -93,7 +93,7 @@ def read_lerobot_directory(path: Path) -> PolicyWeights:
     """`PolicyWeights` from a LeRobot diffusion policy directory; every problem is a `CheckpointError`."""
     path = Path(path)
     config_path = path / CONFIG_FILE
-    document = _read_json(config_path)
+    document = read_json(config_path)
     if document.get("type", "diffusion") != "diffusion":
         raise CheckpointError(config_path, f"policy type {document.get('type')!r} is not supported "
                                            "(expected 'diffusion')")
@@ -141,18 +141,6 @@ def read_lerobot_directory(path: Path) -> PolicyWeights:
     if ignored:
         metadata["ignored_features"] = ignored
     return PolicyWeights(config, unet_state, obs_normalizer, action_normalizer, metadata)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointError(path, "file is missing")
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(path, f"cannot read JSON ({err})") from None
-    if not isinstance(document, dict):
-        raise CheckpointError(path, "expected a JSON object")
-    return document
 
 
 def _features(config_path: Path, document: dict[str, Any]) -> dict[str, dict[str, Any]]:

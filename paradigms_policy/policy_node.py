@@ -567,13 +567,13 @@ def spin_node(node: Node) -> None:
                 pass
 
 
-def main(args: list[str] | None = None) -> int:
-    """`ros2 run paradigms_policy policy_node [--ros-args --params-file config/policy.yaml ...]`."""
+def run_node(make_node, name: str, args: list[str] | None) -> int:
+    """The body of a node executable: start, spin, and turn a start-up failure into one fatal line."""
     rclpy.init(args=args)
     try:
-        node = PolicyNode()
+        node = make_node()
     except StartupError as err:
-        rclpy.logging.get_logger("policy_node").fatal(f"cannot start: {err}")
+        rclpy.logging.get_logger(name).fatal(f"cannot start: {err}")
         rclpy.try_shutdown()
         return 1
     except KeyboardInterrupt:
@@ -581,6 +581,11 @@ def main(args: list[str] | None = None) -> int:
         return 130
     spin_node(node)
     return 0
+
+
+def main(args: list[str] | None = None) -> int:
+    """`ros2 run paradigms_policy policy_node [--ros-args --params-file config/policy.yaml ...]`."""
+    return run_node(PolicyNode, "policy_node", args)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from .chunk_timing import (NS_PER_S, SIM_NODE_PARAMETERS, Throttle, TrajectorySchedule, period_ns,
                            validate_sim_parameters)
-from .policy_node import RELIABLE_COMMANDS, StartupError, declare_parameters, ns_to_time_msg, spin_node, stamp_to_ns
+from .policy_node import RELIABLE_COMMANDS, StartupError, declare_parameters, ns_to_time_msg, run_node, stamp_to_ns
 
 SCORE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -261,18 +261,7 @@ class PushTSimNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """`ros2 run paradigms_policy pusht_sim_node [--ros-args --params-file config/pusht_sim.yaml ...]`."""
-    rclpy.init(args=args)
-    try:
-        node = PushTSimNode()
-    except StartupError as err:
-        rclpy.logging.get_logger("pusht_sim_node").fatal(f"cannot start: {err}")
-        rclpy.try_shutdown()
-        return 1
-    except KeyboardInterrupt:
-        rclpy.try_shutdown()
-        return 130
-    spin_node(node)
-    return 0
+    return run_node(PushTSimNode, "pusht_sim_node", args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Shared fixtures: small randomly initialised models keep the suite fast on a 2-core CPU."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +31,14 @@ def pixel_normalizers() -> tuple[AffineNormalizer, AffineNormalizer]:
             AffineNormalizer.from_min_max(np.zeros(2), np.full(2, 512.0)))
 
 
-@pytest.fixture
-def pusht_zarr() -> Path:
-    """The shared Push-T demonstrations, or a skip when they are not beside the repository."""
-    import os
-
+def shared_zarr_path() -> Path:
+    """The shared Push-T demonstrations ($PUSHT_ZARR or beside the repository), or a skip."""
     path = Path(os.environ.get("PUSHT_ZARR", REPO_ROOT.parent / "shared" / "data" / "pusht" / "pusht_cchi_v7_replay.zarr"))
     if not path.exists():
         pytest.skip(f"Push-T data not found at {path} (set PUSHT_ZARR to its location)")
     return path
+
+
+@pytest.fixture
+def pusht_zarr() -> Path:
+    return shared_zarr_path()

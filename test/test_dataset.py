@@ -1,7 +1,5 @@
 """Tests for paradigms_policy.dataset (Push-T low-dim windows)."""
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,19 +7,14 @@ import torch
 
 from paradigms_policy.dataset import PushTLowdimDataset
 
+from conftest import shared_zarr_path
+
 zarr = pytest.importorskip("zarr")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ZARR = REPO_ROOT.parent / "shared" / "data" / "pusht" / "pusht_cchi_v7_replay.zarr"
 
 HORIZON, N_OBS_STEPS, N_ACTION_STEPS = 16, 2, 8
 
 
-def shared_zarr_path():
-    path = Path(os.environ.get("PUSHT_ZARR", DEFAULT_ZARR))
-    if not path.exists():
-        pytest.skip(f"Push-T data not found at {path} (set PUSHT_ZARR)")
-    return path
 
 
 @pytest.fixture(scope="module")

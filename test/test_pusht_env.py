@@ -1,8 +1,5 @@
 """Tests for paradigms_policy.pusht_env (gym-pusht harness in the low-dim layout)."""
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -15,15 +12,10 @@ from paradigms_policy.pusht_env import (
     recover_local_keypoints,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ZARR = REPO_ROOT.parent / "shared" / "data" / "pusht" / "pusht_cchi_v7_replay.zarr"
+from conftest import shared_zarr_path
 
 
-def shared_zarr_path():
-    path = Path(os.environ.get("PUSHT_ZARR", DEFAULT_ZARR))
-    if not path.exists():
-        pytest.skip(f"Push-T data not found at {path} (set PUSHT_ZARR)")
-    return path
+
 
 
 @pytest.fixture(scope="module")
