@@ -7,6 +7,7 @@ units (the sampler's own space, where actions span [-1, 1]).
 """
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import time
@@ -30,16 +31,50 @@ RANDOM_MODEL_SIZES = {
 }
 
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 @dataclass
 class SamplerSpec:
-    """A sampler by name with its options, as benchmarked."""
+    """A sampler by name with its options, as benchmarked, optionally graph-captured or in another precision."""
 
     name: str
     options: dict[str, Any] = field(default_factory=dict)
+    cuda_graphs: bool = False
+    dtype: str = "float32"
 
     @property
     def label(self) -> str:
-        return self.name + "".join(f" {key}={value}" for key, value in self.options.items())
+        extras = "".join(f" {key}={value}" for key, value in self.options.items())
+        return self.name + extras + (" +graphs" if self.cuda_graphs else "") + ("" if self.dtype == "float32" else f" {self.dtype}")
+
+
+def gpu_suite(window: int = 16) -> list[SamplerSpec]:
+    """The variants compared on a GPU: eager and graph-captured, sequential and parallel, and bf16.
+
+    Every parallel variant uses the fixed-shape window, so one graph serves all its rounds.
+    """
+    parallel = {"window": window, "fixed_shape": True}
+    return [
+        SamplerSpec("sequential"),
+        SamplerSpec("sequential", cuda_graphs=True),
+        SamplerSpec("paradigms", dict(parallel)),
+        SamplerSpec("parataa", dict(parallel)),
+        SamplerSpec("paradigms", dict(parallel), cuda_graphs=True),
+        SamplerSpec("parataa", dict(parallel), cuda_graphs=True),
+        SamplerSpec("parataa", {"window": 100, "fixed_shape": True}, cuda_graphs=True),
+        SamplerSpec("paradigms", dict(parallel), cuda_graphs=True, dtype="bfloat16"),
+        SamplerSpec("parataa", dict(parallel), cuda_graphs=True, dtype="bfloat16"),
+    ]
+
+
+def policy_in(policy: DiffusionPolicy, dtype: str, device: torch.device | str | None = None) -> DiffusionPolicy:
+    """The same policy with its network in another precision (and/or on another device); a copy unless unchanged."""
+    device = torch.device(device) if device is not None else policy.device
+    if dtype == "float32" and device == policy.device:
+        return policy
+    model = copy.deepcopy(policy.model).to(device=device, dtype=DTYPES[dtype])
+    return DiffusionPolicy(policy.config, model, policy.obs_normalizer, policy.action_normalizer, device=device)
 
 
 def random_policy(size: str = "shipped", device: str = "cpu", seed: int = 0) -> DiffusionPolicy:
@@ -67,45 +102,64 @@ def device_name(device: torch.device) -> str:
 
 def run_bench(policy: DiffusionPolicy, observations: np.ndarray, samplers: list[SamplerSpec],
               warmup: int = 2, seed: int = 0, episode_starts: np.ndarray | None = None,
-              progress: bool = True) -> dict[str, Any]:
+              reference: str = "sequential", progress: bool = True) -> dict[str, Any]:
     """Time each sampler on every observation window; returns the JSON document `bench` writes.
 
     `episode_starts` marks windows that begin an episode: there a temporal warm start is reset.
     Without it every window counts as the start of its own episode.
+    reference: what `max_abs_dev` is measured against, per chunk with the same noise: "sequential"
+    (the first spec, plain sequential float32 on the policy's device) or "float64" (the sequential
+    chain in float64 on the CPU).
     """
-    device = policy.device
-    obs = torch.as_tensor(observations, dtype=torch.float32, device=device)
-    chunks = obs.shape[0]
+    chunks = observations.shape[0]
     starts = np.ones(chunks, bool) if episode_starts is None else np.asarray(episode_starts, bool)
     specs = samplers if samplers and samplers[0].name == "sequential" else [SamplerSpec("sequential"), *samplers]
+    variants: dict[str, DiffusionPolicy] = {}
 
-    def solve(index: int) -> tuple[torch.Tensor, Any, float]:
+    def solve(variant: DiffusionPolicy, index: int) -> tuple[torch.Tensor, Any, float]:
         if starts[index]:
-            policy.reset()
+            variant.reset()
+        dtype = next(variant.model.parameters()).dtype
+        obs = torch.as_tensor(observations[index:index + 1], device=variant.device).to(dtype)
         generator = torch.Generator().manual_seed(seed + index)
-        noise = policy.initial_noise(1, generator)
-        _synchronize(device)
+        noise = variant.initial_noise(1, generator).to(dtype)
+        _synchronize(variant.device)
         started = time.perf_counter()
-        normalized, stats = policy.sample_normalized(obs[index:index + 1], noise, generator)
-        _synchronize(device)
-        return normalized, stats, time.perf_counter() - started
+        normalized, stats = variant.sample_normalized(obs, noise, generator)
+        _synchronize(variant.device)
+        return normalized.double().cpu(), stats, time.perf_counter() - started
+
+    references = []
+    if reference == "float64":
+        exact = policy_in(policy, "float64", "cpu")
+        exact.set_sampler("paradigms", window=1)  # the sequential chain, with the noise drawn as in float32
+        references = [solve(exact, index)[0] for index in tqdm(range(chunks), desc="float64 reference", unit="chunk",
+                                                                 disable=not progress)]
+    elif reference != "sequential":
+        raise ValueError(f"reference must be 'sequential' or 'float64' (got {reference!r})")
 
     records = {spec.label: [] for spec in specs}
-    reference = []
+    captured: dict[str, bool] = {}
     with tqdm(total=len(specs) * chunks, desc="bench", unit="chunk", disable=not progress) as bar:
         for spec in specs:
-            policy.set_sampler(spec.name, **spec.options)
-            for index in range(min(warmup, chunks)):  # first calls pay for allocation and kernel selection
-                solve(index)
+            variant = variants.setdefault(spec.dtype, policy_in(policy, spec.dtype))
+            captured[spec.label] = variant.use_cuda_graphs(spec.cuda_graphs)
+            variant.set_sampler(spec.name, **spec.options)
+            for index in range(min(warmup, chunks)):  # first calls pay for allocation, kernel selection, capture
+                solve(variant, index)
             for index in range(chunks):
-                normalized, stats, latency = solve(index)
-                if spec is specs[0]:
-                    reference.append(normalized)
-                deviation = float((normalized - reference[index]).abs().max())
+                normalized, stats, latency = solve(variant, index)
+                if len(references) < chunks:
+                    references.append(normalized)
+                deviation = float((normalized - references[index]).abs().max())
                 records[spec.label].append((latency, stats.rounds, stats.model_evals, deviation))
                 bar.update(1)
 
-    sequential_p50 = float(np.median([row[0] for row in records[specs[0].label]]))
+    def p50(spec: SamplerSpec) -> float:
+        return float(np.median([row[0] for row in records[spec.label]]))
+
+    sequential_p50 = p50(specs[0])
+    graph_sequential = [spec for spec in specs if spec.name == "sequential" and captured[spec.label]]
     results = []
     for spec in specs:
         latency, rounds, evals, deviation = (np.array(column) for column in zip(*records[spec.label]))
@@ -113,6 +167,8 @@ def run_bench(policy: DiffusionPolicy, observations: np.ndarray, samplers: list[
             "sampler": spec.name,
             "options": spec.options,
             "label": spec.label,
+            "cuda_graphs": captured[spec.label],
+            "dtype": spec.dtype,
             "chunks": chunks,
             "rounds_median": float(np.median(rounds)),
             "rounds_max": int(rounds.max()),
@@ -120,12 +176,14 @@ def run_bench(policy: DiffusionPolicy, observations: np.ndarray, samplers: list[
             "latency_p50_ms": 1000 * float(np.median(latency)),
             "latency_p99_ms": 1000 * float(np.percentile(latency, 99)),
             "speedup_vs_sequential": sequential_p50 / float(np.median(latency)),
+            "speedup_vs_graph_sequential": p50(graph_sequential[0]) / float(np.median(latency)) if graph_sequential else None,
             "max_abs_dev": float(deviation.max()),
             "median_abs_dev": float(np.median(deviation)),
         })
     scheduler = policy.config.scheduler
     return {
-        "device": device_name(device),
+        "device": device_name(policy.device),
+        "reference": reference,
         "torch": torch.__version__,
         "scheduler": scheduler.name,
         "num_inference_steps": scheduler.num_inference_steps,

@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 DEFAULT_ZARR = Path("..") / "shared" / "data" / "pusht" / "pusht_cchi_v7_replay.zarr"
@@ -35,7 +36,12 @@ def _add_bench(subparsers) -> None:
     model.add_argument("--random-model", choices=sorted(RANDOM_MODEL_SIZES),
                        help="a randomly initialised Push-T-shaped policy instead of a checkpoint")
     parser.add_argument("--data", help="Push-T replay zarr to draw observations from (default: random observations)")
-    parser.add_argument("--samplers", default="sequential,paradigms", help="comma-separated sampler names")
+    parser.add_argument("--samplers", default="sequential,paradigms",
+                        help="comma-separated samplers, each name[:option=value...]")
+    parser.add_argument("--suite", choices=["gpu"],
+                        help="gpu: eager and CUDA-graph sequential, ParaDiGMS and ParaTAA (fixed-shape windows), bf16")
+    parser.add_argument("--reference", choices=["sequential", "float64"], default="sequential",
+                        help="deviation against the float32 sequential run or a float64 CPU sequential run")
     parser.add_argument("--chunks", type=int, default=20, help="action chunks (observations) per sampler")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -115,7 +121,11 @@ def open_policy(args):
 def _run_bench(args) -> int:
     from .bench import format_table, random_observations, random_policy, run_bench, write_json
 
-    specs = sampler_specs(args.samplers, parallel_options(args))
+    from .bench import gpu_suite
+
+    specs = gpu_suite(args.window or 16) if args.suite == "gpu" else sampler_specs(args.samplers, parallel_options(args))
+    if args.cuda_graphs:
+        specs = [replace(spec, cuda_graphs=True) for spec in specs]
     if args.random_model:
         policy = random_policy(args.random_model, device=args.device, seed=args.seed)
         if args.scheduler or args.inference_steps:
@@ -123,9 +133,8 @@ def _run_bench(args) -> int:
                                                       ("num_inference_steps", args.inference_steps)) if v})
     else:
         policy = open_policy(args)
-    graphs = args.cuda_graphs and policy.use_cuda_graphs()
-    if args.cuda_graphs and not graphs:
-        print(f"note: --cuda-graphs needs a CUDA device; {policy.device} runs eager", file=sys.stderr)
+    if (args.cuda_graphs or args.suite) and policy.device.type != "cuda":
+        print(f"note: CUDA graphs need a CUDA device; on {policy.device} every variant runs eager", file=sys.stderr)
     if args.data:
         from .dataset import PushTLowdimDataset
 
@@ -136,10 +145,9 @@ def _run_bench(args) -> int:
     else:
         observations, episode_starts = random_observations(policy, args.chunks, seed=args.seed), None
     document = run_bench(policy, observations, specs, warmup=args.warmup, seed=args.seed,
-                         episode_starts=episode_starts)
+                         episode_starts=episode_starts, reference=args.reference)
     document["checkpoint"] = f"random:{args.random_model}" if args.random_model else str(args.checkpoint or shipped_checkpoint())
     document["observations"] = "dataset" if args.data else "random"
-    document["cuda_graphs"] = bool(graphs)
     print(format_table(document))
     if args.json:
         write_json(document, args.json)

@@ -216,7 +216,9 @@ class ConditionalUnet1D(nn.Module):
         if timesteps.ndim == 0:
             timesteps = timesteps[None]
         timesteps = timesteps.expand(rows)
-        mished_step = F.mish(self.diffusion_step_encoder(timesteps))
+        # The sinusoidal features are computed in float32 whatever the network's precision.
+        embed, project, _, output = self.diffusion_step_encoder
+        mished_step = F.mish(output(F.mish(project(embed(timesteps).to(sample.dtype)))))
         copies, remainder = divmod(rows, condition[0].shape[0])
         if remainder:
             raise ValueError(f"sample batch {rows} is not a multiple of the condition batch {condition[0].shape[0]}")

@@ -46,3 +46,16 @@ def test_console_script_is_installed():
         pytest.skip("the package is not installed (pip install -e .); the console script is missing")
     result = subprocess.run([executable, "bench", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--samplers" in result.stdout
+
+
+def test_gpu_suite_runs_eager_on_cpu_against_a_float64_reference(tiny_checkpoint, tmp_path):
+    out = tmp_path / "suite.json"
+    code = main(["bench", "--checkpoint", str(tiny_checkpoint), "--suite", "gpu", "--reference", "float64",
+                 "--chunks", "1", "--warmup", "0", "--json", str(out)])
+    assert code == 0
+    document = json.loads(out.read_text())
+    assert document["reference"] == "float64" and len(document["results"]) == 9
+    rows = {row["label"]: row for row in document["results"]}
+    assert not any(row["cuda_graphs"] for row in rows.values())  # no CUDA here: every variant eager
+    assert rows["sequential"]["max_abs_dev"] < 1e-4  # float32 against float64, same noise
+    assert rows["parataa window=16 fixed_shape=True +graphs bfloat16"]["max_abs_dev"] < 0.2

@@ -107,12 +107,16 @@ class DenoisingChain:
         )
 
     def draw_noise(self, shape: torch.Size, generator: torch.Generator | None, device, dtype) -> torch.Tensor:
-        """n_i = s_i z_i for every step, (T, *shape), drawn in the order the sequential loop draws them."""
+        """n_i = s_i z_i for every step, (T, *shape), drawn in the order the sequential loop draws them.
+
+        z is drawn in float32, as a float32 model's `step()` draws it, and then cast, so runs in other
+        precisions (a float64 reference, bf16) see the same noise as the float32 run.
+        """
         noise = torch.zeros((self.num_steps, *shape), device=device, dtype=dtype)
         for i in range(self.num_steps):
             if self.noise_std[i] > 0:
-                z = randn_tensor(tuple(shape), generator=generator, device=torch.device(device), dtype=dtype)
-                noise[i] = self.noise_std[i] * z
+                z = randn_tensor(tuple(shape), generator=generator, device=torch.device(device), dtype=torch.float32)
+                noise[i] = self.noise_std[i] * z.to(dtype)
         return noise
 
     def predicted_clean(self, x: torch.Tensor, eps: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
