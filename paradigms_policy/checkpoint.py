@@ -139,6 +139,12 @@ def save_policy(directory: str | os.PathLike, config: PolicyConfig, model: torch
         state = {name: tensor.detach().float().cpu().contiguous() for name, tensor in model.state_dict().items()}
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": NATIVE_FORMAT})
         (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
+        # mkdtemp makes a private directory; a checkpoint gets the usual permissions (it may be installed).
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)
+        for name in (WEIGHTS_FILE, CONFIG_FILE):
+            (staging / name).chmod(0o666 & ~umask)
         if directory.exists():
             retired = directory.with_name(f".{directory.name}.old")
             shutil.rmtree(retired, ignore_errors=True)

@@ -213,6 +213,12 @@ class RoundTimeEstimator:
             return None
         return float(np.percentile(np.fromiter(self._samples, dtype=np.float64), 90.0))
 
+    def forget_slowest(self) -> None:
+        """Drop the slowest sample. Called when a chunk is skipped for lack of time: a skipped chunk
+        measures nothing, so without this one slow outlier could block every later chunk."""
+        if self._samples:
+            self._samples.remove(max(self._samples))
+
 
 class Throttle:
     """Allows one event per key every `period_s` seconds (for throttled warnings)."""

@@ -244,6 +244,14 @@ def _add_demo(subparsers) -> None:
     parser.set_defaults(handler=run_demo)
 
 
+def _add_soak(subparsers) -> None:
+    from .soak import add_soak_arguments, run_soak
+
+    parser = subparsers.add_parser("soak", help="run the policy node for many control cycles and watch its memory")
+    add_soak_arguments(parser)
+    parser.set_defaults(handler=run_soak)
+
+
 def _add_train(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train a low-dim Diffusion Policy on the Push-T demonstrations")
     parser.add_argument("--data", default=str(DEFAULT_ZARR), help="Push-T replay zarr (default: %(default)s)")
@@ -290,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_curve(subparsers)
     _add_train(subparsers)
     _add_demo(subparsers)
+    _add_soak(subparsers)
     return parser
 
 

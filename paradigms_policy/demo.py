@@ -151,8 +151,9 @@ def run_demo(args: argparse.Namespace) -> int:
             sim.finished.wait(0.2)
             while reported < len(sim.results):
                 result = sim.results[reported]
-                chunks = list(policy.chunk_log)[chunk_mark:]
-                chunk_mark += len(chunks)
+                new_chunks = policy.chunk_count - chunk_mark
+                chunks = list(policy.chunk_log)[-new_chunks:] if new_chunks else []
+                chunk_mark += new_chunks
                 p50, p99 = percentiles([c["latency_s"] for c in chunks if c["latency_s"] is not None])
                 published = sum(c["published"] for c in chunks)
                 misses = len(chunks) - published

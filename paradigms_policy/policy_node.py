@@ -79,6 +79,8 @@ from .chunk_timing import (
 )
 
 # Parameters that may be changed while the node runs (validated by the on-set callback).
+# Chunk records kept for statistics and the demo: enough for several episodes, bounded for long runs.
+CHUNK_LOG_LENGTH = 2000
 RUNTIME_PARAMETERS = {spec.name for spec in POLICY_NODE_PARAMETERS if not spec.read_only}
 
 RELIABLE_COMMANDS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
@@ -250,7 +252,9 @@ class PolicyNode(Node):
         self.latency = RollingStats(1000)  # inference latency (predict), seconds
         self.ready_age = RollingStats(1000)  # observation stamp -> chunk ready, seconds
         self.rounds = RollingStats(1000)
-        self.chunk_log: deque[dict[str, Any]] = deque(maxlen=100000)
+        # The most recent chunks (bounded: a node runs for days); chunk_count counts every chunk ever logged.
+        self.chunk_log: deque[dict[str, Any]] = deque(maxlen=CHUNK_LOG_LENGTH)
+        self.chunk_count = 0
         self._recent_ready_age: deque[int] = deque(maxlen=10)
         self._round_time = RoundTimeEstimator(10)
         self._last_round_cap: int | None = None
@@ -425,6 +429,7 @@ class PolicyNode(Node):
             if settings["auto_round_cap"]:
                 auto = auto_round_cap(budget, self._round_time.estimate(), deadline_ns)
                 if auto == 0 or budget <= 0:
+                    self._round_time.forget_slowest()
                     self._miss("no_time", stamp, None, f"only {budget / NS_PER_MS:.1f} ms left before the deadline, "
                                                        "not enough for one round")
                     return
@@ -469,7 +474,11 @@ class PolicyNode(Node):
             self._counters["chunks_published"] += 1
             self._counters["actions_dropped_outdated"] += chunk.dropped
             self._counters["actions_clipped"] += chunk.clipped
-            self.chunk_log.append(record)
+            self._log_chunk(record)
+
+    def _log_chunk(self, record: dict[str, Any]) -> None:
+        self.chunk_log.append(record)
+        self.chunk_count += 1
 
     def _miss(self, kind: str, stamp: int, record: dict | None, message: str) -> None:
         with self._lock:
@@ -479,7 +488,7 @@ class PolicyNode(Node):
                 record = {"stamp_ns": stamp, "latency_s": None, "ready_age_s": None, "rounds": 0,
                           "model_evals": 0, "converged": False, "round_cap": None}
             record.update(published=False, miss=kind)
-            self.chunk_log.append(record)
+            self._log_chunk(record)
         if self._throttle.allow(f"miss:{kind}", self._now_ns()):
             self.get_logger().warning(f"deadline miss ({kind}): {message}; nothing published, the previous "
                                       "trajectory keeps running out")

@@ -48,6 +48,22 @@ def read_rss_kib() -> tuple[float, str]:
     return (peak / 1024.0 if sys.platform == "darwin" else float(peak)), "ru_maxrss (peak)"
 
 
+def read_memory_details() -> dict[str, float]:
+    """RssAnon, RssFile (mapped files, e.g. libraries paged in) and RssShmem in KiB, and the thread count."""
+    wanted = {"RssAnon:": "rss_anon_kib", "RssFile:": "rss_file_kib", "RssShmem:": "rss_shmem_kib",
+              "Threads:": "threads"}
+    details: dict[str, float] = {}
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                key = line.split(None, 1)[0] if line.strip() else ""
+                if key in wanted:
+                    details[wanted[key]] = float(line.split()[1])
+    except OSError:
+        pass
+    return details
+
+
 def read_peak_rss_kib() -> float | None:
     try:
         with open("/proc/self/status", encoding="ascii") as status:
@@ -97,17 +113,21 @@ def deep_size(record: dict) -> int:
 
 
 def verdict_line(slope_kib: float | None, growth_kib: float | None, tolerance: float,
-                 explained_kib: float | None) -> str:
+                 explained_kib: float | None, late_slope_kib: float | None = None) -> str:
     if slope_kib is None:
         return "verdict: not enough samples after the warm-up to judge memory growth"
     if slope_kib <= tolerance:
         return (f"verdict: no memory growth (RSS slope {slope_kib:+.1f} KiB per 1000 cycles after the warm-up, "
                 f"within the {tolerance:g} KiB tolerance)")
+    if late_slope_kib is not None and late_slope_kib <= tolerance:
+        return (f"verdict: no sustained memory growth: RSS rose {growth_kib / MIB:+.2f} MiB (fitted) after the "
+                f"warm-up in steps, then stayed flat over the last half of the cycles (slope {late_slope_kib:+.1f} "
+                f"KiB per 1000 cycles, tolerance {tolerance:g}; over the whole post-warm-up part {slope_kib:+.1f})")
     text = (f"verdict: memory grows: RSS slope {slope_kib:+.1f} KiB per 1000 cycles after the warm-up "
             f"(tolerance {tolerance:g}), {growth_kib / MIB:+.2f} MiB over the post-warm-up cycles")
     if explained_kib is not None and growth_kib:
-        text += (f"; the node's chunk_log (a bounded deque) grew about {explained_kib / MIB:.2f} MiB over the "
-                 "same cycles")
+        text += (f"; the node's chunk_log (a bounded deque) grew about {explained_kib / MIB:.2f} "
+                 "MiB over the same cycles")
     return text
 
 
@@ -213,6 +233,7 @@ def run_soak(args: argparse.Namespace) -> int:
         return _error(f"rclpy is not importable ({err}); install ROS 2 or pip install 'paradigms_policy[ros]'")
 
     from .checkpoint import CheckpointError, read_weights
+    from .config import ConfigError
     from .cli import shipped_checkpoint
     from .policy_node import RELIABLE_COMMANDS, PolicyNode, StartupError
 
@@ -226,7 +247,7 @@ def run_soak(args: argparse.Namespace) -> int:
             label = checkpoint
         try:
             config = read_weights(checkpoint).config
-        except CheckpointError as err:
+        except (CheckpointError, ConfigError, ValueError, OSError) as err:
             return _error(f"cannot use the checkpoint: {err}")
         span_ms = (config.n_action_steps - 1) * 1000.0 / args.rate
         deadline_ms = args.deadline_ms if args.deadline_ms is not None else round(0.7 * span_ms, 1)
@@ -299,9 +320,10 @@ def run_soak(args: argparse.Namespace) -> int:
                 time.sleep(0.01)
 
             stats0 = node.statistics()
+            scheduler = node.policy.config.scheduler
             print(f"soak: {args.cycles} cycles at {args.rate:g} Hz, checkpoint {label}, sampler {stats0['sampler']} "
-                  f"on {stats0['device']}, {node._describe_policy()}, deadline {deadline_ms:g} ms, "
-                  f"ROS domain {domain_id}", flush=True)
+                  f"on {stats0['device']}, {scheduler.name} x {scheduler.num_inference_steps} steps, deadline "
+                  f"{deadline_ms:g} ms, ROS domain {domain_id}", flush=True)
 
             if args.tracemalloc:
                 import tracemalloc
@@ -314,11 +336,16 @@ def run_soak(args: argparse.Namespace) -> int:
             late_cycles = 0
             rss_source = None
 
+            snapshots: list = []
+
             def sample(cycle: int, started: float) -> None:
                 nonlocal rss_source
+                if args.tracemalloc and cycle == warmup_cycles and not snapshots:
+                    snapshots.append(tracemalloc.take_snapshot())
                 rss, rss_source = read_rss_kib()
                 entry = {"cycle": cycle, "t_s": round(time.monotonic() - started, 3), "rss_kib": rss,
-                         "trajectories": counts["trajectories"]}
+                         "trajectories": counts["trajectories"], "chunk_log_len": len(node.chunk_log)}
+                entry.update(read_memory_details())
                 if args.tracemalloc:
                     entry["heap_kib"] = tracemalloc.get_traced_memory()[0] / 1024.0
                 samples.append(entry)
@@ -353,11 +380,16 @@ def run_soak(args: argparse.Namespace) -> int:
             time.sleep(min(5.0, deadline_ms / 1000.0 + 3 * period + 0.2))
             stats = node.statistics()
             chunk_log = list(node.chunk_log)
+            top_growth = None
             if args.tracemalloc:
+                if snapshots:
+                    top_growth = heap_growth_sites(snapshots[0], tracemalloc.take_snapshot())
                 tracemalloc.stop()
 
             summary = summarise(args, label, deadline_ms, domain_id, duration, samples, warmup_cycles, counts,
                                 stats, late_cycles, rss_source, chunk_log)
+            if top_growth is not None:
+                summary["heap_growth_sites"] = top_growth
             print(format_summary(summary), flush=True)
             if args.json:
                 from .bench import write_json
@@ -384,21 +416,30 @@ def run_soak(args: argparse.Namespace) -> int:
             temporary.cleanup()
 
 
+def _mib(kib: float | None) -> float | None:
+    return None if kib is None else round(kib / MIB, 2)
+
+
+def summary_half(samples: list[dict[str, Any]]) -> float:
+    """The cycle that starts the last half of the run."""
+    return samples[-1]["cycle"] / 2.0
+
+
 def summarise(args, label, deadline_ms, domain_id, duration, samples, warmup_cycles, counts, stats, late_cycles,
               rss_source, chunk_log) -> dict[str, Any]:
     after = [s for s in samples if s["cycle"] >= warmup_cycles]
     slope = slope_per_1000([s["cycle"] for s in after], [s["rss_kib"] for s in after])
+    late = [s for s in after if s["cycle"] >= summary_half(samples)]
+    late_slope = slope_per_1000([s["cycle"] for s in late], [s["rss_kib"] for s in late])
     start, end = (after[0], after[-1]) if after else (samples[0], samples[-1])
     post_cycles = end["cycle"] - start["cycle"]
     growth = None if slope is None else slope * post_cycles / 1000.0
-    # The node keeps a record per chunk in a deque (bounded, but large): estimate what the
-    # post-warm-up records hold, to tell that part of the growth apart.
+    # The node keeps a record per chunk (and per miss) in a deque (bounded, but large): estimate
+    # what the records added after the warm-up hold, to tell that part of the growth apart.
     per_record = (sum(deep_size(r) for r in chunk_log[-50:]) / min(50, len(chunk_log))) if chunk_log else 0.0
-    published_after = None
     explained = None
     if after:
-        published_after = end["trajectories"] - start["trajectories"]
-        explained = published_after * per_record / 1024.0
+        explained = (end["chunk_log_len"] - start["chunk_log_len"]) * per_record / 1024.0
     summary: dict[str, Any] = {
         "checkpoint": label, "sampler": stats["sampler"], "device": stats["device"],
         "inference_steps": args.inference_steps, "rate_hz": args.rate, "deadline_ms": deadline_ms,
@@ -424,6 +465,10 @@ def summarise(args, label, deadline_ms, domain_id, duration, samples, warmup_cyc
         "rss_peak_mib": None if read_peak_rss_kib() is None else round(read_peak_rss_kib() / MIB, 2),
         "rss_slope_kib_per_1000_cycles": None if slope is None else round(slope, 2),
         "rss_fitted_growth_mib": None if growth is None else round(growth / MIB, 3),
+        "rss_slope_last_half_kib_per_1000_cycles": None if late_slope is None else round(late_slope, 2),
+        "threads_start": start.get("threads"), "threads_end": end.get("threads"),
+        "rss_anon_start_mib": _mib(start.get("rss_anon_kib")), "rss_anon_end_mib": _mib(end.get("rss_anon_kib")),
+        "rss_file_start_mib": _mib(start.get("rss_file_kib")), "rss_file_end_mib": _mib(end.get("rss_file_kib")),
         "chunk_log_entries": len(chunk_log), "chunk_log_record_bytes": round(per_record),
         "chunk_log_growth_post_warmup_mib": None if explained is None else round(explained / MIB, 3),
         "tolerance_kib_per_1000_cycles": args.tolerance_kib,
@@ -432,8 +477,19 @@ def summarise(args, label, deadline_ms, domain_id, duration, samples, warmup_cyc
         heap_slope = slope_per_1000([s["cycle"] for s in after], [s["heap_kib"] for s in after])
         summary.update(heap_start_mib=round(start["heap_kib"] / MIB, 3), heap_end_mib=round(end["heap_kib"] / MIB, 3),
                        heap_slope_kib_per_1000_cycles=None if heap_slope is None else round(heap_slope, 2))
-    summary["verdict"] = verdict_line(slope, growth, args.tolerance_kib, explained)
+    summary["verdict"] = verdict_line(slope, growth, args.tolerance_kib, explained, late_slope)
     return summary
+
+
+def heap_growth_sites(before, after, limit: int = 10) -> list[dict[str, Any]]:
+    """The source lines whose traced allocations grew most between two tracemalloc snapshots."""
+    import tracemalloc
+
+    keep = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen importlib._bootstrap>")]
+    stats = after.filter_traces(keep).compare_to(before.filter_traces(keep), "lineno")
+    return [{"site": f"{stat.traceback[0].filename}:{stat.traceback[0].lineno}",
+             "growth_kib": round(stat.size_diff / 1024.0, 1), "count_growth": stat.count_diff}
+            for stat in stats[:limit]]
 
 
 def format_summary(s: dict[str, Any]) -> str:
@@ -454,13 +510,18 @@ def format_summary(s: dict[str, Any]) -> str:
         f"RSS ({s['rss_source']}): {s['rss_start_mib']:.2f} MiB after the warm-up ({s['warmup_cycles']} cycles), "
         f"{s['rss_end_mib']:.2f} MiB at the end (min {s['rss_min_mib']:.2f}, max {s['rss_max_mib']:.2f}, peak "
         f"{number(s['rss_peak_mib'], '.2f')}); slope {number(s['rss_slope_kib_per_1000_cycles'], '+.1f')} KiB "
-        f"per 1000 cycles",
+        f"per 1000 cycles ({number(s['rss_slope_last_half_kib_per_1000_cycles'], '+.1f')} over the last half); "
+        f"anon {number(s['rss_anon_start_mib'], '.2f')} -> {number(s['rss_anon_end_mib'], '.2f')} MiB, file "
+        f"{number(s['rss_file_start_mib'], '.2f')} -> {number(s['rss_file_end_mib'], '.2f')} MiB, threads "
+        f"{s['threads_start']} -> {s['threads_end']}",
         f"chunk_log: {s['chunk_log_entries']} records of ~{s['chunk_log_record_bytes']} B "
         f"({number(s['chunk_log_growth_post_warmup_mib'], '.3f')} MiB added after the warm-up)",
     ]
     if "heap_slope_kib_per_1000_cycles" in s:
         lines.append(f"Python heap (tracemalloc): {s['heap_start_mib']:.3f} -> {s['heap_end_mib']:.3f} MiB, slope "
                      f"{number(s['heap_slope_kib_per_1000_cycles'], '+.1f')} KiB per 1000 cycles")
+    for site in s.get("heap_growth_sites", [])[:5]:
+        lines.append(f"  heap growth {site['growth_kib']:+.1f} KiB ({site['count_growth']:+d} blocks) at {site['site']}")
     lines.append(s["verdict"])
     return "\n".join(lines)
 

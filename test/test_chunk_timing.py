@@ -181,3 +181,17 @@ def test_trajectory_schedule_replaces_from_the_new_start_and_holds_the_last_poin
     assert list(action) == [50, 50] and not fresh
     with pytest.raises(ValueError):
         schedule.insert([S, S], [[0, 0], [1, 1]])
+
+
+def test_a_skipped_chunk_relaxes_the_round_time_estimate():
+    from paradigms_policy.chunk_timing import RoundTimeEstimator
+
+    estimator = RoundTimeEstimator(10)
+    for latency in (0.013, 0.015, 0.008, 0.0995):
+        estimator.add(latency, 1)
+    slow = estimator.estimate()
+    estimator.forget_slowest()
+    assert estimator.estimate() < slow
+    for _ in range(3):
+        estimator.forget_slowest()
+    assert estimator.estimate() is None  # no estimate: the next chunk runs uncapped and measures again
