@@ -169,6 +169,8 @@ def _add_eval(subparsers) -> None:
     parser.add_argument("--json", help="write the results here: one object per sampler (a list when several)")
     parser.add_argument("--plot", help="PNG comparing the samplers' scores and latencies")
     parser.add_argument("--video", metavar="DIR", help="write a GIF of every episode into DIR")
+    parser.add_argument("--episode-log", help="JSON-lines file of finished episodes; episodes already in it are "
+                                              "not run again (default: next to --json)")
     _add_sampler_options(parser)
     parser.set_defaults(handler=_run_eval)
 
@@ -184,8 +186,9 @@ def _run_eval(args) -> int:
     read_weights(checkpoint)  # a broken checkpoint fails here with one line, before workers start
     specs = sampler_specs(args.sampler, parallel_options(args))
     seeds = list(range(args.seed, args.seed + args.episodes))
+    episode_log = args.episode_log or (f"{args.json}.episodes.jsonl" if args.json else None)
     summaries = evaluate(checkpoint, [(spec.name, spec.options) for spec in specs], seeds, workers=args.workers,
-                         device=args.device, max_steps=args.max_steps, video_dir=args.video)
+                         device=args.device, max_steps=args.max_steps, video_dir=args.video, episode_log=episode_log)
     print(format_table(summaries))
     if args.json:
         write_json(summaries[0] if len(summaries) == 1 else summaries, args.json)

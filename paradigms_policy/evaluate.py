@@ -11,6 +11,7 @@ seeds the sampler's generator with its own seed, so samplers see the same noise 
 """
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import os
@@ -101,26 +102,54 @@ def summarize(sampler: str, options: dict[str, Any], episodes: list[dict[str, An
 
 def evaluate(checkpoint: str | Path, samplers: list[tuple[str, dict[str, Any]]], seeds: list[int],
              workers: int = 2, device: str = "cpu", max_steps: int = MAX_EPISODE_STEPS,
-             video_dir: str | Path | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Run every seed with every sampler; one summary per sampler, in the order given."""
+             video_dir: str | Path | None = None, episode_log: str | Path | None = None,
+             progress: bool = True) -> list[dict[str, Any]]:
+    """Run every seed with every sampler; one summary per sampler, in the order given.
+
+    episode_log: a JSON-lines file that receives every finished episode at once; episodes already
+    in it (same sampler, options, seed and step limit) are not run again, so an interrupted or
+    extended evaluation resumes where it stopped.
+    """
     from tqdm import tqdm
 
     if video_dir is not None:
         Path(video_dir).mkdir(parents=True, exist_ok=True)
-    results: list[list[dict[str, Any]]] = [[] for _ in samplers]
+    keys = [_episode_key(name, options, max_steps) for name, options in samplers]
+    done = _read_episode_log(episode_log)
+    results = [[done[(key, seed)] for seed in seeds if (key, seed) in done] for key in keys]
+    tasks = [(index, seed) for seed in seeds for index, key in enumerate(keys) if (key, seed) not in done]
     context = multiprocessing.get_context("spawn")  # torch and OpenMP do not survive fork safely
     with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context, initializer=_init_worker,
                              initargs=(str(checkpoint), device)) as pool:
-        futures = {
-            pool.submit(_worker_episode, name, options, seed, max_steps,
-                        None if video_dir is None else str(Path(video_dir) / f"{index}-{name}_seed{seed}.gif")): index
-            for seed in seeds for index, (name, options) in enumerate(samplers)
-        }
+        futures = {}
+        for index, seed in tasks:
+            name, options = samplers[index]
+            video = None if video_dir is None else str(Path(video_dir) / f"{index}-{name}_seed{seed}.gif")
+            futures[pool.submit(_worker_episode, name, options, seed, max_steps, video)] = index
         with tqdm(total=len(futures), desc="eval", unit="episode", disable=not progress) as bar:
             for future in as_completed(futures):
-                results[futures[future]].append(future.result())
+                episode = future.result()
+                results[futures[future]].append(episode)
+                if episode_log is not None:
+                    with open(episode_log, "a") as log:
+                        log.write(json.dumps({"key": keys[futures[future]], **episode}) + "\n")
                 bar.update(1)
     return [summarize(name, options, episodes) for (name, options), episodes in zip(samplers, results)]
+
+
+def _episode_key(name: str, options: dict[str, Any], max_steps: int) -> str:
+    return json.dumps({"sampler": name, "options": options, "max_steps": max_steps}, sort_keys=True)
+
+
+def _read_episode_log(path: str | Path | None) -> dict[tuple[str, int], dict[str, Any]]:
+    if path is None or not Path(path).exists():
+        return {}
+    done = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            done[(record.pop("key"), record["seed"])] = record
+    return done
 
 
 def plot_comparison(summaries: list[dict[str, Any]], path: str | Path) -> None:

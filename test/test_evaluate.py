@@ -50,3 +50,20 @@ def test_eval_refuses_a_missing_checkpoint(tmp_path, capsys):
 
     assert main(["eval", "--checkpoint", str(tmp_path / "absent"), "--episodes", "1"]) == 2
     assert "absent: no such file or directory" in capsys.readouterr().err
+
+
+def test_episode_log_resumes_without_running_finished_episodes(tiny_checkpoint, tmp_path, monkeypatch):
+    from paradigms_policy import evaluate as evaluation
+
+    log = tmp_path / "episodes.jsonl"
+    first = evaluation.evaluate(tiny_checkpoint, [("sequential", {})], [100000], workers=1, max_steps=8,
+                                episode_log=log, progress=False)
+    assert len(log.read_text().splitlines()) == 1
+
+    def no_new_episodes(*args, **kwargs):
+        raise AssertionError("a finished episode was run again")
+
+    monkeypatch.setattr(evaluation, "_worker_episode", no_new_episodes)
+    again = evaluation.evaluate(tiny_checkpoint, [("sequential", {})], [100000], workers=1, max_steps=8,
+                                episode_log=log, progress=False)
+    assert again[0]["per_episode"] == first[0]["per_episode"]
