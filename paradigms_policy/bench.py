@@ -140,6 +140,7 @@ def run_bench(policy: DiffusionPolicy, observations: np.ndarray, samplers: list[
 
     records = {spec.label: [] for spec in specs}
     captured: dict[str, bool] = {}
+    first_chunk: dict[str, list[float]] = {}
     with tqdm(total=len(specs) * chunks, desc="bench", unit="chunk", disable=not progress) as bar:
         for spec in specs:
             variant = variants.setdefault(spec.dtype, policy_in(policy, spec.dtype))
@@ -153,6 +154,8 @@ def run_bench(policy: DiffusionPolicy, observations: np.ndarray, samplers: list[
                     references.append(normalized)
                 deviation = float((normalized - references[index]).abs().max())
                 records[spec.label].append((latency, stats.rounds, stats.model_evals, deviation))
+                if index == 0:
+                    first_chunk[spec.label] = stats.residual_history
                 bar.update(1)
 
     def p50(spec: SamplerSpec) -> float:
@@ -179,6 +182,7 @@ def run_bench(policy: DiffusionPolicy, observations: np.ndarray, samplers: list[
             "speedup_vs_graph_sequential": p50(graph_sequential[0]) / float(np.median(latency)) if graph_sequential else None,
             "max_abs_dev": float(deviation.max()),
             "median_abs_dev": float(np.median(deviation)),
+            "residual_history_first_chunk": first_chunk[spec.label],
         })
     scheduler = policy.config.scheduler
     return {
@@ -208,6 +212,34 @@ def format_table(document: dict[str, Any]) -> str:
             f"{row['max_abs_dev']:.2e} |"
         )
     return "\n".join(lines)
+
+
+def plot_residuals(document: dict[str, Any], path: str | Path) -> None:
+    """Largest first-order residual in the window against rounds, first chunk, every parallel sampler.
+
+    The sequential sampler has no residual to show: it needs one round per step, marked by a line at T.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.4, 3.8))
+    for row in document["results"]:
+        history = row["residual_history_first_chunk"]
+        if row["sampler"] != "sequential" and history:
+            axis.semilogy(range(1, len(history) + 1), history, marker=".", label=row["label"])
+    steps = document["num_inference_steps"]
+    axis.axvline(steps, color="black", linestyle="--", label=f"sequential: {steps} rounds")
+    axis.set_xlabel("round (one batched denoiser call)")
+    axis.set_ylabel("largest RMS first-order residual")
+    axis.set_title(f"{document['scheduler'].upper()}-{steps}, one chunk")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def write_json(document: Any, path: str | Path) -> None:

@@ -44,6 +44,7 @@ def _add_bench(subparsers) -> None:
                         help="deviation against the float32 sequential run or a float64 CPU sequential run")
     parser.add_argument("--chunks", type=int, default=20, help="action chunks (observations) per sampler")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--residual-plot", help="PNG of the residual against rounds on the first chunk")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--scheduler", choices=["ddpm", "ddim", "dpmsolver"], help="override the checkpoint's scheduler")
     parser.add_argument("--inference-steps", type=int, help="override the number of denoising steps")
@@ -119,9 +120,7 @@ def open_policy(args):
 
 
 def _run_bench(args) -> int:
-    from .bench import format_table, random_observations, random_policy, run_bench, write_json
-
-    from .bench import gpu_suite
+    from .bench import format_table, gpu_suite, plot_residuals, random_observations, random_policy, run_bench, write_json
 
     specs = gpu_suite(args.window or 16) if args.suite == "gpu" else sampler_specs(args.samplers, parallel_options(args))
     if args.cuda_graphs:
@@ -152,6 +151,9 @@ def _run_bench(args) -> int:
     if args.json:
         write_json(document, args.json)
         print(f"wrote {args.json}")
+    if args.residual_plot:
+        plot_residuals(document, args.residual_plot)
+        print(f"wrote {args.residual_plot}")
     return 0
 
 

@@ -19,9 +19,10 @@ def tiny_checkpoint(tmp_path):
 
 def test_bench_writes_the_documented_json(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code = main(["bench", "--checkpoint", str(tiny_checkpoint), "--samplers", "sequential,paradigms", "--chunks", "3",
-                 "--warmup", "0", "--json", str(out)])
-    assert code == 0
+    plot = tmp_path / "residuals.png"
+    code = main(["bench", "--checkpoint", str(tiny_checkpoint), "--samplers", "sequential,paradigms,parataa",
+                 "--chunks", "3", "--warmup", "0", "--json", str(out), "--residual-plot", str(plot)])
+    assert code == 0 and plot.stat().st_size > 0
     document = json.loads(out.read_text())
     assert document["device"].startswith("cpu") and document["torch"]
     rows = {row["sampler"]: row for row in document["results"]}
@@ -30,6 +31,7 @@ def test_bench_writes_the_documented_json(tiny_checkpoint, tmp_path, capsys):
             assert isinstance(row[key], float)
     assert rows["sequential"]["max_abs_dev"] == 0.0 and rows["sequential"]["rounds_median"] == 100
     assert 0 < rows["paradigms"]["rounds_median"] < 100 and rows["paradigms"]["max_abs_dev"] < 0.05
+    assert len(rows["parataa"]["residual_history_first_chunk"]) > 0
     assert "| paradigms" in capsys.readouterr().out
 
 

@@ -29,8 +29,8 @@ class SamplerStats:
 
     rounds: sequential denoiser calls (batched calls for parallel samplers).
     model_evals: single-chunk denoiser evaluations (a window of p slots counts p).
-    residual: RMS (per element, over the chunk) of the last round's largest state change, in
-        normalised action units; 0 for the sequential sampler.
+    residual: the largest RMS first-order residual r_j = g_j(x_j) - x_{j+1} over the last round's
+        window, in normalised action units; 0 for the sequential sampler.
     converged: False when a round cap stopped the solve before every step met the tolerance.
     residual_history: that residual for every round, for convergence plots.
     """

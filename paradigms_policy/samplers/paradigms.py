@@ -66,7 +66,7 @@ def sample(denoiser: Denoiser, scheduler, noise: torch.Tensor, condition, *,
         start += valid if failing.numel() == 0 else min(int(failing[0]) + 1, valid)
         rounds += 1
         evals += slots
-        history.append(math.sqrt(float(mean_square.max())))
+        history.append(float(residual[:valid].reshape(valid, solve.batch, -1).square().mean(-1).sqrt().max()))
         solve.slide_to(start)
 
     result, converged, trajectory = solve.answer(start)
