@@ -80,7 +80,7 @@ from .chunk_timing import (
 
 # Parameters that may be changed while the node runs (validated by the on-set callback).
 # Chunk records kept for statistics and the demo: enough for several episodes, bounded for long runs.
-CHUNK_LOG_LENGTH = 2000
+CHUNK_LOG_LENGTH = 500
 RUNTIME_PARAMETERS = {spec.name for spec in POLICY_NODE_PARAMETERS if not spec.read_only}
 
 RELIABLE_COMMANDS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
