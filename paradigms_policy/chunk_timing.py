@@ -372,7 +372,7 @@ POLICY_NODE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("action_min", [0.0, 0.0], "Lower bound of each action dimension; positions are clipped to it."),
     ParamSpec("action_max", [512.0, 512.0], "Upper bound of each action dimension; positions are clipped to it."),
     ParamSpec("seed", -1, "Seed of the sampling noise generator; -1 = not seeded.", minimum=-1, maximum=2**62),
-    ParamSpec("num_threads", 0, "torch CPU threads; 0 = torch's default.", minimum=0, maximum=1024),
+    ParamSpec("num_threads", 0, "torch CPU threads; 0 = all cores but one (left to the executor).", minimum=0, maximum=1024),
     ParamSpec("warmup_runs", 2, "Inferences run at start-up (warm-up and the first time-per-round measurement).",
               minimum=0, maximum=100),
     ParamSpec("diagnostics_rate", 1.0, "Rate (Hz) of the /diagnostics status.", minimum=0.01, maximum=100.0),

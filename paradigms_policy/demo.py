@@ -2,7 +2,7 @@
 
 Both nodes are the real ROS 2 nodes, configured from the same parameter files as the launch file
 (config/policy.yaml and config/pusht_sim.yaml by default) and talking over DDS (LOCALHOST
-discovery, a ROS domain id of their own). They spin on one MultiThreadedExecutor until the
+discovery, a ROS domain id of their own). They spin on one SingleThreadedExecutor until the
 simulation has run the requested episodes; the demo prints each episode's score and the latency
 per chunk, then shuts everything down.
 """
@@ -70,7 +70,7 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         import rclpy
         from rclpy.context import Context
-        from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+        from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
         from rclpy.parameter import Parameter
     except ImportError as err:
         print(f"paradigms-policy demo: error: rclpy is not importable ({err}); install ROS 2 or "
@@ -126,7 +126,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"demo: ROS domain {domain_id} ({os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE']} discovery), "
               f"sampler {policy.statistics()['sampler']} on {policy.policy.device}, "
               f"{args.episodes} episode(s) from seed {args.seed}, parameters from {', '.join(map(str, files))}")
-        executor = MultiThreadedExecutor(num_threads=4, context=context)
+        executor = SingleThreadedExecutor(context=context)
         for node in nodes:
             executor.add_node(node)
         def spin():

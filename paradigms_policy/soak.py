@@ -2,7 +2,7 @@
 
 One process holds the real `PolicyNode`, a probe node that publishes a stamped Push-T-like
 observation (sensor_msgs/JointState) once per control cycle and counts the JointTrajectory and
-/diagnostics messages that come back, all on one MultiThreadedExecutor over DDS (LOCALHOST
+/diagnostics messages that come back, all on one SingleThreadedExecutor over DDS (LOCALHOST
 discovery, a ROS domain of its own). The node's control_rate is the soak rate, so the timing
 conventions of `chunk_timing` hold (observations one period apart, actions one period apart).
 
@@ -225,7 +225,7 @@ def run_soak(args: argparse.Namespace) -> int:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.context import Context
-        from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+        from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
         from rclpy.parameter import Parameter
         from sensor_msgs.msg import JointState
         from trajectory_msgs.msg import JointTrajectory
@@ -298,7 +298,7 @@ def run_soak(args: argparse.Namespace) -> int:
             probe.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
             observation_pub = probe.create_publisher(JointState, node.get_parameter("observation_topic").value, 10)
 
-            executor = MultiThreadedExecutor(num_threads=4, context=context)
+            executor = SingleThreadedExecutor(context=context)
             for each in nodes:
                 executor.add_node(each)
 

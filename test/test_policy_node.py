@@ -24,7 +24,7 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy is not importable (pip instal
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.context import Context  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float32MultiArray  # noqa: E402
@@ -68,18 +68,19 @@ def checkpoint(tmp_path_factory):
 
 
 class Harness:
-    """A Context, a probe node and a MultiThreadedExecutor spinning in a thread."""
+    """A Context, a probe node and a SingleThreadedExecutor spinning in a thread."""
 
     def __init__(self, checkpoint):
         self.checkpoint = str(checkpoint)
         self.context = Context()
         rclpy.init(context=self.context, domain_id=DOMAIN_ID)
         self.nodes = []
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
         self.probe = rclpy.create_node("probe", context=self.context)
         self.trajectories = []  # (message, receive time ns)
         self.diagnostics = []
-        self.probe.create_subscription(JointTrajectory, "joint_trajectory", self._on_trajectory, RELIABLE_COMMANDS)
+        self.trajectory_sub = self.probe.create_subscription(JointTrajectory, "joint_trajectory", self._on_trajectory,
+                                                             RELIABLE_COMMANDS)
         self.probe.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
         self.obs_pub = self.probe.create_publisher(JointState, "observation", 10)
         self.array_pub = self.probe.create_publisher(Float32MultiArray, "observation_array", 10)
@@ -106,8 +107,11 @@ class Harness:
         publisher = publisher or self.obs_pub
         self._spinner = threading.Thread(target=self.executor.spin, daemon=True)
         self._spinner.start()
+        # Both ends of both topics must have matched: a best-effort reader drops what arrives before.
         assert wait_for(lambda: publisher.get_subscription_count() >= 1
-                        and node._trajectory_pub.get_subscription_count() >= 1), "discovery did not complete"
+                        and node._subscription.get_publisher_count() >= 1
+                        and node._trajectory_pub.get_subscription_count() >= 1
+                        and self.trajectory_sub.get_publisher_count() >= 1), "discovery did not complete"
 
     def publish(self, values, stamp=None):
         msg = JointState()

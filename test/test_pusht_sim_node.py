@@ -16,7 +16,7 @@ pytest.importorskip("gym_pusht", reason="gym-pusht is not installed (pip install
 
 from builtin_interfaces.msg import Duration  # noqa: E402
 from rclpy.context import Context  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
@@ -42,7 +42,8 @@ def trajectory(joint_names, start_ns, period_ns, points):
     msg.joint_names = joint_names
     for j, positions in enumerate(points):
         point = JointTrajectoryPoint(positions=[float(v) for v in positions])
-        point.time_from_start = Duration(sec=0, nanosec=j * period_ns)
+        seconds, nanoseconds = divmod(j * period_ns, 1_000_000_000)
+        point.time_from_start = Duration(sec=seconds, nanosec=nanoseconds)
         msg.points.append(point)
     return msg
 
@@ -51,23 +52,25 @@ def test_sim_node_publishes_observations_and_executes_a_trajectory():
     context = Context()
     rclpy.init(context=context, domain_id=DOMAIN_ID)
     nodes = []
-    executor = MultiThreadedExecutor(num_threads=3, context=context)
+    executor = SingleThreadedExecutor(context=context)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     try:
         sim = PushTSimNode(context=context, parameter_overrides=[
-            Parameter("control_rate", value=20.0), Parameter("max_steps", value=8), Parameter("episodes", value=1),
+            Parameter("control_rate", value=20.0), Parameter("max_steps", value=10), Parameter("episodes", value=1),
             Parameter("seed", value=7)])
         nodes.append(sim)
         probe = rclpy.create_node("probe", context=context)
         nodes.append(probe)
         observations, scores = [], []
-        probe.create_subscription(JointState, "observation", observations.append, qos_profile_sensor_data)
+        observation_sub = probe.create_subscription(JointState, "observation", observations.append,
+                                                    qos_profile_sensor_data)
         probe.create_subscription(Float32, "episode_score", scores.append, SCORE_QOS)
         commands = probe.create_publisher(JointTrajectory, "joint_trajectory", RELIABLE_COMMANDS)
         for node in nodes:
             executor.add_node(node)
         spinner.start()
-        assert wait_for(lambda: commands.get_subscription_count() >= 1 and observations), "no observation arrived"
+        assert wait_for(lambda: commands.get_subscription_count() >= 1 and sim._trajectory_sub.get_publisher_count() >= 1
+                        and observation_sub.get_publisher_count() >= 1 and observations), "no observation arrived"
 
         first = observations[0]
         assert len(first.position) == 20 and first.name[-2:] == ["agent_x", "agent_y"]
@@ -76,12 +79,13 @@ def test_sim_node_publishes_observations_and_executes_a_trajectory():
         now = probe.get_clock().now().nanoseconds
         # Wrong joint names are rejected; joint order is taken from the names.
         commands.publish(trajectory(["x", "y"], now, 50_000_000, [target] * 3))
-        commands.publish(trajectory(["agent_y", "agent_x"], now + 50_000_000, 50_000_000, [target[::-1]] * 10))
+        commands.publish(trajectory(["agent_y", "agent_x"], now + 50_000_000, 50_000_000, [target[::-1]] * 12))
 
-        assert wait_for(sim.finished.is_set, timeout=5.0), "the episode did not finish"
+        assert wait_for(sim.finished.is_set, timeout=5.0), f"the episode did not finish: {sim._state}, {sim._steps} steps"
         result = sim.results[0]
-        assert result["seed"] == 7 and result["steps"] == 8
-        assert result["held_steps"] <= 3  # only the ticks before the trajectory's first point
+        assert result["seed"] == 7 and result["steps"] == 10
+        # Held only until the trajectory's first point (plus DDS delivery on a loaded machine).
+        assert result["held_steps"] <= 5
         assert sim.trajectories_rejected == 1 and sim.trajectories_received == 1
         assert wait_for(lambda: scores, timeout=2.0) and scores[0].data == pytest.approx(result["score"])
         # Observations come stamped at the control rate, and the agent moved towards the target.
