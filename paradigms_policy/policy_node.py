@@ -157,11 +157,19 @@ def is_parallel(sampler: str) -> bool:
     return sampler != "sequential"
 
 
-def sampler_options(settings: dict[str, Any]) -> dict[str, Any]:
-    """The sampler's own options (its round cap is passed per chunk)."""
+def sampler_options(settings: dict[str, Any], on_cuda: bool = False) -> dict[str, Any]:
+    """The sampler's own options (its round cap is passed per chunk).
+
+    `tolerance` is ParaDiGMS's (a fraction of each step's noise std); ParaTAA measures its residual
+    differently and keeps its own default. On CUDA the window has a fixed shape, so the denoiser's
+    CUDA graph captured at start-up serves every round.
+    """
     if not is_parallel(settings["sampler"]):
         return {}
-    return {"window": settings["window"], "tolerance": settings["tolerance"]}
+    options = {"window": settings["window"], "fixed_shape": on_cuda}
+    if settings["sampler"] == "paradigms":
+        options["tolerance"] = settings["tolerance"]
+    return options
 
 
 def known_samplers() -> list[str]:
@@ -266,6 +274,8 @@ class PolicyNode(Node):
         self._throttle = Throttle(1.0)
         self._last_report = dict(self._counters, rejected=0)
 
+        # On CUDA the denoiser replays CUDA graphs, captured during the warm-up (eager elsewhere).
+        self.policy.use_cuda_graphs()
         self._apply_sampler(self._settings)
         self._warm_up(values["warmup_runs"])
 
@@ -321,7 +331,7 @@ class PolicyNode(Node):
     def _apply_sampler(self, settings) -> None:
         key = (settings["sampler"], settings["window"], settings["tolerance"])
         if key != self._applied_sampler:
-            self.policy.set_sampler(settings["sampler"], **sampler_options(settings))
+            self.policy.set_sampler(settings["sampler"], **sampler_options(settings, self.policy.device.type == "cuda"))
             if self._applied_sampler is None or key[:2] != self._applied_sampler[:2]:
                 self._round_time = RoundTimeEstimator(10)  # rounds of another sampler or window differ in cost
             self._applied_sampler = key
