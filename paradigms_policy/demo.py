@@ -94,7 +94,7 @@ def run_demo(args: argparse.Namespace) -> int:
         domain_id = int(os.environ["ROS_DOMAIN_ID"]) if os.environ.get("ROS_DOMAIN_ID", "").isdigit() \
             else 1 + os.getpid() % 100
 
-    from .policy_node import PolicyNode, StartupError
+    from .policy_node import PolicyNode, StartupError, tear_down
     from .pusht_sim_node import PushTSimNode
 
     cli_args = ["--ros-args"]
@@ -180,13 +180,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print("paradigms-policy demo: interrupted", file=sys.stderr)
         return 130
     finally:
-        if executor is not None:
-            executor.shutdown()
-        if spinner is not None:
-            spinner.join(timeout=5.0)
-        for node in reversed(nodes):
-            node.destroy_node()
-        rclpy.try_shutdown(context=context)
+        tear_down(executor, spinner, nodes, context)
 
 
 def main(argv: list[str] | None = None) -> int:

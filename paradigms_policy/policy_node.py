@@ -590,6 +590,17 @@ def spin_node(node: Node) -> None:
                 pass
 
 
+def tear_down(executor, spinner, nodes, context) -> None:
+    """Stop an in-process executor and its spinning thread, destroy the nodes (newest first), shut down."""
+    if executor is not None:
+        executor.shutdown()
+    if spinner is not None:
+        spinner.join(timeout=5.0)
+    for node in reversed(nodes):
+        node.destroy_node()
+    rclpy.try_shutdown(context=context)
+
+
 def run_node(make_node, name: str, args: list[str] | None) -> int:
     """The body of a node executable: start, spin, and turn a start-up failure into one fatal line."""
     rclpy.init(args=args)

@@ -235,7 +235,7 @@ def run_soak(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError, read_weights
     from .config import ConfigError
     from .cli import shipped_checkpoint
-    from .policy_node import RELIABLE_COMMANDS, PolicyNode, StartupError
+    from .policy_node import RELIABLE_COMMANDS, PolicyNode, StartupError, tear_down
 
     temporary = tempfile.TemporaryDirectory(prefix="soak_ckpt_") if args.random_tiny else None
     try:
@@ -404,13 +404,7 @@ def run_soak(args: argparse.Namespace) -> int:
             print(f"{PROG}: interrupted", file=sys.stderr)
             return 130
         finally:
-            if executor is not None:
-                executor.shutdown()
-            if spinner is not None:
-                spinner.join(timeout=5.0)
-            for each in reversed(nodes):
-                each.destroy_node()
-            rclpy.try_shutdown(context=context)
+            tear_down(executor, spinner, nodes, context)
     finally:
         if temporary is not None:
             temporary.cleanup()
