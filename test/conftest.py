@@ -42,3 +42,19 @@ def shared_zarr_path() -> Path:
 @pytest.fixture
 def pusht_zarr() -> Path:
     return shared_zarr_path()
+
+
+def standard_schedulers() -> dict:
+    """DDPM as Diffusion Policy uses it, DDPM with a coarse offset spacing (the public batched step's
+    fixed-stride defect) and DDIM without alpha=1 at the end (the public final-alpha defect)."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from paradigms_policy.schedulers import make_scheduler
+
+    ddpm = make_scheduler(SchedulerConfig())
+    coarse_ddpm = DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", steps_offset=1,
+                                timestep_spacing="trailing")
+    coarse_ddpm.set_timesteps(15)
+    ddim = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", set_alpha_to_one=False)
+    ddim.set_timesteps(15)
+    return {"ddpm100": ddpm, "ddpm15-trailing": coarse_ddpm, "ddim15": ddim}

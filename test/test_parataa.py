@@ -1,13 +1,10 @@
 """ParaTAA: exact where the maths says so, plain fixed-point iteration at memory 1, never more than T rounds."""
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
 
-from paradigms_policy.config import SchedulerConfig
 from paradigms_policy.samplers import paradigms, parataa, sequential
-from paradigms_policy.schedulers import make_scheduler
 
-from conftest import small_model
+from conftest import small_model, standard_schedulers
 
 DEFAULT_TOLERANCE_BOUND = 0.05  # the bound ParaDiGMS's default is held to in test_samplers.py
 
@@ -19,17 +16,7 @@ def problem(seed=0, batch=2):
     return model, model.encode_condition(cond), torch.randn(batch, 16, 2)
 
 
-def schedulers():
-    ddpm = make_scheduler(SchedulerConfig())
-    trailing = DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", steps_offset=1,
-                             timestep_spacing="trailing")
-    trailing.set_timesteps(15)
-    ddim = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", set_alpha_to_one=False)
-    ddim.set_timesteps(15)
-    return {"ddpm100": ddpm, "ddpm15-trailing": trailing, "ddim15": ddim}
-
-
-SCHEDULERS = schedulers()
+SCHEDULERS = standard_schedulers()
 
 
 def run(sampler, scheduler, seed=1, problem_seed=0, batch=2, denoiser=None, **options):

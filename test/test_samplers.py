@@ -1,13 +1,13 @@
 """Samplers: exact agreement with the diffusers loop where the maths says so, bounded error otherwise."""
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DPMSolverMultistepScheduler
 
 from paradigms_policy.config import SchedulerConfig
 from paradigms_policy.samplers import get_sampler
 from paradigms_policy.schedulers import make_scheduler
 
-from conftest import small_model
+from conftest import small_model, standard_schedulers
 
 # Stated bound: with the default tolerance (0.1 noise std) and window, ParaDiGMS stays within this
 # many normalised action units (actions span [-1, 1]) of the sequential answer for the same noise.
@@ -25,15 +25,7 @@ def problem(seed=0, batch=2):
 
 
 def schedulers():
-    """DDPM as Diffusion Policy uses it, DDPM with a coarse offset spacing (the public batched step's
-    fixed-stride defect) and DDIM without alpha=1 at the end (the public final-alpha defect)."""
-    ddpm = make_scheduler(SchedulerConfig())
-    coarse_ddpm = DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", steps_offset=1,
-                                timestep_spacing="trailing")
-    coarse_ddpm.set_timesteps(15)
-    ddim = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", set_alpha_to_one=False)
-    ddim.set_timesteps(15)
-    return {"ddpm100": ddpm, "ddpm15-trailing": coarse_ddpm, "ddim15": ddim}
+    return standard_schedulers()
 
 
 def run(sampler, scheduler, seed=1, **options):
