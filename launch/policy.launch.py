@@ -3,6 +3,7 @@
     ros2 launch paradigms_policy policy.launch.py
     ros2 launch paradigms_policy policy.launch.py use_sim:=true sampler:=paradigms
     ros2 launch paradigms_policy policy.launch.py checkpoint:=/path/to/ckpt params_file:=/path/to/my.yaml
+    ros2 launch paradigms_policy policy.launch.py use_sim:=true cpu_profile:=true   # no GPU
 
 Arguments:
     checkpoint   policy checkpoint; empty (default) keeps the params file's value, whose empty
@@ -12,6 +13,8 @@ Arguments:
     params_file  parameter file of the policy node (default: config/policy.yaml of this package);
                  the simulation node reads config/pusht_sim.yaml and then this file, so one file
                  may configure both nodes
+    cpu_profile  also load config/policy_cpu.yaml after params_file: DDIM-16 sampling, which meets
+                 the deadline on a CPU where the checkpoint's DDPM-100 does not
 """
 import os
 
@@ -37,7 +40,9 @@ def _nodes(context, *args, **kwargs):
         value = LaunchConfiguration(name).perform(context)
         if value:
             overrides[name] = value
-    policy_parameters = [params_file] + ([overrides] if overrides else [])
+    cpu_profile = LaunchConfiguration("cpu_profile").perform(context).strip().lower() in TRUE_WORDS
+    policy_parameters = [params_file] + ([_config("policy_cpu.yaml")] if cpu_profile else []) \
+        + ([overrides] if overrides else [])
     actions = [
         Node(package=PACKAGE, executable="policy_node", name="policy_node", output="screen",
              parameters=policy_parameters),
@@ -58,6 +63,8 @@ def generate_launch_description():
                               description="Sampler (sequential, paradigms, ...); empty = the params file's value"),
         DeclareLaunchArgument("use_sim", default_value="false", choices=["true", "false", "True", "False", "1", "0"],
                               description="Also start the Push-T simulation node"),
+        DeclareLaunchArgument("cpu_profile", default_value="false", choices=["true", "false", "True", "False", "1", "0"],
+                              description="Also load config/policy_cpu.yaml (DDIM-16 sampling for machines without a GPU)"),
         DeclareLaunchArgument("params_file", default_value=_config("policy.yaml"),
                               description="Parameter file of the policy node (ROS 2 params layout)"),
         OpaqueFunction(function=_nodes),

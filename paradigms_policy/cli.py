@@ -46,14 +46,28 @@ def _add_bench(subparsers) -> None:
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--residual-plot", help="PNG of the residual against rounds on the first chunk")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--scheduler", choices=["ddpm", "ddim", "dpmsolver"], help="override the checkpoint's scheduler")
-    parser.add_argument("--inference-steps", type=int, help="override the number of denoising steps")
+    _add_scheduler_options(parser)
     _add_sampler_options(parser)
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay the denoiser from CUDA graphs (CUDA only; elsewhere the run stays eager)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed chunks per sampler first")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=_run_bench)
+
+
+def _add_scheduler_options(parser) -> None:
+    parser.add_argument("--scheduler", choices=["ddpm", "ddim", "dpmsolver"], help="override the checkpoint's scheduler")
+    parser.add_argument("--inference-steps", type=int, help="override the number of denoising steps")
+
+
+def scheduler_overrides(args) -> dict:
+    """set_scheduler() keywords from --scheduler and --inference-steps (empty: the checkpoint's own)."""
+    changes = {}
+    if args.scheduler:
+        changes["name"] = args.scheduler
+    if args.inference_steps:
+        changes["num_inference_steps"] = args.inference_steps
+    return changes
 
 
 def _add_sampler_options(parser) -> None:
@@ -104,21 +118,6 @@ def _option_value(text: str):
     return text
 
 
-def open_policy(args):
-    """The policy named by --checkpoint (default: shipped) with the scheduler overrides applied."""
-    from .checkpoint import load_policy
-
-    policy = load_policy(args.checkpoint or shipped_checkpoint(), device=args.device)
-    changes = {}
-    if getattr(args, "scheduler", None):
-        changes["name"] = args.scheduler
-    if getattr(args, "inference_steps", None):
-        changes["num_inference_steps"] = args.inference_steps
-    if changes:
-        policy.set_scheduler(**changes)
-    return policy
-
-
 def _run_bench(args) -> int:
     from .bench import format_table, gpu_suite, plot_residuals, random_observations, random_policy, run_bench, write_json
 
@@ -127,11 +126,12 @@ def _run_bench(args) -> int:
         specs = [replace(spec, cuda_graphs=True) for spec in specs]
     if args.random_model:
         policy = random_policy(args.random_model, device=args.device, seed=args.seed)
-        if args.scheduler or args.inference_steps:
-            policy.set_scheduler(**{k: v for k, v in (("name", args.scheduler),
-                                                      ("num_inference_steps", args.inference_steps)) if v})
     else:
-        policy = open_policy(args)
+        from .checkpoint import load_policy
+
+        policy = load_policy(args.checkpoint or shipped_checkpoint(), device=args.device)
+    if scheduler_overrides(args):
+        policy.set_scheduler(**scheduler_overrides(args))
     if (args.cuda_graphs or args.suite) and policy.device.type != "cuda":
         print(f"note: CUDA graphs need a CUDA device; on {policy.device} every variant runs eager", file=sys.stderr)
     if args.data:
@@ -173,6 +173,7 @@ def _add_eval(subparsers) -> None:
     parser.add_argument("--video", metavar="DIR", help="write a GIF of every episode into DIR")
     parser.add_argument("--episode-log", help="JSON-lines file of finished episodes; episodes already in it are "
                                               "not run again (default: next to --json)")
+    _add_scheduler_options(parser)
     _add_sampler_options(parser)
     parser.set_defaults(handler=_run_eval)
 
@@ -190,7 +191,8 @@ def _run_eval(args) -> int:
     seeds = list(range(args.seed, args.seed + args.episodes))
     episode_log = args.episode_log or (f"{args.json}.episodes.jsonl" if args.json else None)
     summaries = evaluate(checkpoint, [(spec.name, spec.options) for spec in specs], seeds, workers=args.workers,
-                         device=args.device, max_steps=args.max_steps, video_dir=args.video, episode_log=episode_log)
+                         device=args.device, max_steps=args.max_steps, video_dir=args.video, episode_log=episode_log,
+                         scheduler=scheduler_overrides(args))
     print(format_table(summaries))
     if args.json:
         write_json(summaries[0] if len(summaries) == 1 else summaries, args.json)

@@ -19,6 +19,7 @@ from .chunk_timing import percentiles
 
 PACKAGE = "paradigms_policy"
 CONFIG_FILES = ("policy.yaml", "pusht_sim.yaml")
+CPU_OVERLAY = "policy_cpu.yaml"  # DDIM-16 instead of the checkpoint's DDPM-100 where no GPU meets the deadline
 
 
 def package_config_dir() -> Path:
@@ -37,9 +38,10 @@ def package_config_dir() -> Path:
     return source_tree
 
 
-def default_params_files() -> list[str]:
+def default_params_files(on_cpu: bool) -> list[str]:
+    """The package's parameter files, with the CPU overlay last when the policy runs on a CPU."""
     directory = package_config_dir()
-    return [str(directory / name) for name in CONFIG_FILES]
+    return [str(directory / name) for name in CONFIG_FILES + ((CPU_OVERLAY,) if on_cpu else ())]
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +57,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="steps per episode (default: the params file's, 300)")
     parser.add_argument("--params-file", "--params-files", dest="params_files", action="append", default=None,
                         metavar="FILE", help="ROS 2 parameter file; repeat for several (default: the package's "
-                                             "config/policy.yaml and config/pusht_sim.yaml)")
+                                             "config/policy.yaml and config/pusht_sim.yaml, and "
+                                             "config/policy_cpu.yaml when the policy runs on a CPU)")
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: the params file's)")
     parser.add_argument("--video", default=None, metavar="DIR", help="write one video per episode into DIR")
     parser.add_argument("--domain-id", type=int, default=None,
@@ -79,7 +82,20 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         print("paradigms-policy demo: error: --episodes must be at least 1", file=sys.stderr)
         return 2
-    files = args.params_files or default_params_files()
+    if args.params_files:
+        files = args.params_files
+    else:
+        from .policy import resolve_device
+
+        try:
+            on_cpu = resolve_device(args.device or "auto").type == "cpu"
+        except ValueError as err:
+            print(f"paradigms-policy demo: error: {err}", file=sys.stderr)
+            return 2
+        files = default_params_files(on_cpu)
+        if on_cpu:
+            print(f"demo: no CUDA device, so the policy samples DDIM-16 ({CPU_OVERLAY}); pass --params-file "
+                  "to choose the parameter files yourself")
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
         print(f"paradigms-policy demo: error: parameter file not found: {', '.join(missing)}", file=sys.stderr)

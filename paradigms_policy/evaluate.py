@@ -103,8 +103,11 @@ def summarize(sampler: str, options: dict[str, Any], episodes: list[dict[str, An
 def evaluate(checkpoint: str | Path, samplers: list[tuple[str, dict[str, Any]]], seeds: list[int],
              workers: int = 2, device: str = "cpu", max_steps: int = MAX_EPISODE_STEPS,
              video_dir: str | Path | None = None, episode_log: str | Path | None = None,
-             progress: bool = True) -> list[dict[str, Any]]:
+             scheduler: dict[str, Any] | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """Run every seed with every sampler; one summary per sampler, in the order given.
+
+    scheduler: overrides of the checkpoint's sampling scheduler, e.g. {"name": "ddim",
+    "num_inference_steps": 16}; every summary records the scheduler it sampled with.
 
     episode_log: a JSON-lines file that receives every finished episode at once; episodes already
     in it (same sampler, options, seed and step limit) are not run again, so an interrupted or
@@ -114,13 +117,13 @@ def evaluate(checkpoint: str | Path, samplers: list[tuple[str, dict[str, Any]]],
 
     if video_dir is not None:
         Path(video_dir).mkdir(parents=True, exist_ok=True)
-    keys = [_episode_key(name, options, max_steps) for name, options in samplers]
+    keys = [_episode_key(name, options, max_steps, scheduler) for name, options in samplers]
     done = _read_episode_log(episode_log)
     results = [[done[(key, seed)] for seed in seeds if (key, seed) in done] for key in keys]
     tasks = [(index, seed) for seed in seeds for index, key in enumerate(keys) if (key, seed) not in done]
     context = multiprocessing.get_context("spawn")  # torch and OpenMP do not survive fork safely
     with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context, initializer=_init_worker,
-                             initargs=(str(checkpoint), device)) as pool:
+                             initargs=(str(checkpoint), device, scheduler or {})) as pool:
         futures = {}
         for index, seed in tasks:
             name, options = samplers[index]
@@ -134,11 +137,19 @@ def evaluate(checkpoint: str | Path, samplers: list[tuple[str, dict[str, Any]]],
                     with open(episode_log, "a") as log:
                         log.write(json.dumps({"key": keys[futures[future]], **episode}) + "\n")
                 bar.update(1)
-    return [summarize(name, options, episodes) for (name, options), episodes in zip(samplers, results)]
+    from .checkpoint import read_weights
+
+    sampled_with = read_weights(checkpoint).config.with_scheduler(**(scheduler or {})).scheduler
+    return [{**summarize(name, options, episodes), "scheduler": sampled_with.name,
+             "num_inference_steps": sampled_with.num_inference_steps}
+            for (name, options), episodes in zip(samplers, results)]
 
 
-def _episode_key(name: str, options: dict[str, Any], max_steps: int) -> str:
-    return json.dumps({"sampler": name, "options": options, "max_steps": max_steps}, sort_keys=True)
+def _episode_key(name: str, options: dict[str, Any], max_steps: int, scheduler: dict[str, Any] | None) -> str:
+    key = {"sampler": name, "options": options, "max_steps": max_steps}
+    if scheduler:  # runs with the checkpoint's own scheduler keep the keys they always had
+        key["scheduler"] = scheduler
+    return json.dumps(key, sort_keys=True)
 
 
 def _read_episode_log(path: str | Path | None) -> dict[tuple[str, int], dict[str, Any]]:
@@ -219,7 +230,7 @@ def format_table(summaries: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _init_worker(checkpoint: str, device: str) -> None:
+def _init_worker(checkpoint: str, device: str, scheduler: dict[str, Any]) -> None:
     import torch
 
     from .checkpoint import load_policy
@@ -228,6 +239,8 @@ def _init_worker(checkpoint: str, device: str) -> None:
     torch.set_num_threads(1)  # one core per worker; more threads per worker only contend
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     _worker_policy = load_policy(checkpoint, device=device)
+    if scheduler:
+        _worker_policy.set_scheduler(**scheduler)
 
 
 def _worker_episode(sampler: str, options: dict[str, Any], seed: int, max_steps: int, video_path: str | None):

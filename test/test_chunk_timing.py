@@ -165,6 +165,15 @@ def test_config_files_match_declared_defaults(file_name, node_name, specs):
         assert type(value) is type(defaults[name]), name
 
 
+def test_cpu_overlay_sets_only_declared_parameters_with_valid_values():
+    overlay = yaml.safe_load((REPO_ROOT / "config" / "policy_cpu.yaml").read_text())["policy_node"]["ros__parameters"]
+    defaults = spec_defaults(POLICY_NODE_PARAMETERS)
+    assert overlay and set(overlay) <= set(defaults)
+    for name, value in overlay.items():
+        assert type(value) is type(defaults[name]), name
+    assert validate_policy_parameters({**defaults, **overlay}, ["sequential", "paradigms"]) == []
+
+
 def test_trajectory_schedule_replaces_from_the_new_start_and_holds_the_last_point():
     schedule = TrajectorySchedule()
     schedule.insert([S + k * P for k in range(1, 8)], [[k, k] for k in range(1, 8)])

@@ -67,3 +67,18 @@ def test_episode_log_resumes_without_running_finished_episodes(tiny_checkpoint, 
     again = evaluation.evaluate(tiny_checkpoint, [("sequential", {})], [100000], workers=1, max_steps=8,
                                 episode_log=log, progress=False)
     assert again[0]["per_episode"] == first[0]["per_episode"]
+
+
+def test_scheduler_override_is_used_recorded_and_kept_apart_in_the_episode_log(tiny_checkpoint, tmp_path):
+    from paradigms_policy import evaluate as evaluation
+
+    log = tmp_path / "episodes.jsonl"
+    checkpoint_own = evaluation.evaluate(tiny_checkpoint, [("sequential", {})], [100000], workers=1, max_steps=8,
+                                         episode_log=log, progress=False)[0]
+    ddim = evaluation.evaluate(tiny_checkpoint, [("sequential", {})], [100000], workers=1, max_steps=8,
+                               episode_log=log, scheduler={"name": "ddim", "num_inference_steps": 4},
+                               progress=False)[0]
+    assert len(log.read_text().splitlines()) == 2  # the DDIM episode did not reuse the logged one
+    assert (ddim["scheduler"], ddim["num_inference_steps"], ddim["rounds_median"]) == ("ddim", 4, 4)
+    assert checkpoint_own["scheduler"] == small_config().scheduler.name
+    assert checkpoint_own["rounds_median"] == small_config().scheduler.num_inference_steps

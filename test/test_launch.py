@@ -13,7 +13,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction  # noqa: E402
 from launch.utilities import perform_substitutions  # noqa: E402
 
 LAUNCH_FILE = Path(__file__).resolve().parent.parent / "launch" / "policy.launch.py"
-ARGUMENTS = {"checkpoint", "sampler", "use_sim", "params_file"}
+ARGUMENTS = {"checkpoint", "sampler", "use_sim", "params_file", "cpu_profile"}
 
 
 @pytest.fixture
@@ -52,6 +52,7 @@ def test_launch_description_declares_the_arguments(launch_module):
     context = LaunchContext()
     defaults = {name: perform_substitutions(context, arg.default_value) for name, arg in arguments.items()}
     assert defaults["checkpoint"] == "" and defaults["sampler"] == "" and defaults["use_sim"] == "false"
+    assert defaults["cpu_profile"] == "false"
     assert Path(defaults["params_file"]).is_file() and Path(defaults["params_file"]).name == "policy.yaml"
     assert Path(launch_module._config("pusht_sim.yaml")).is_file()
 
@@ -75,3 +76,9 @@ def test_arguments_override_and_use_sim_starts_the_simulation(launch_module, mon
     assert policy["parameters"] == [str(params), {"checkpoint": "/models/pusht", "sampler": "sequential"}]
     assert sim["parameters"] == [launch_module._config("pusht_sim.yaml"), str(params)]
     assert sim["name"] == "pusht_sim_node"
+
+
+def test_cpu_profile_loads_the_cpu_overlay_after_the_params_file(launch_module, monkeypatch):
+    nodes = _nodes(launch_module, monkeypatch, cpu_profile="true", sampler="paradigms")
+    assert nodes[0]["parameters"] == [launch_module._config("policy.yaml"), launch_module._config("policy_cpu.yaml"),
+                                      {"sampler": "paradigms"}]
