@@ -173,6 +173,10 @@ def _add_eval(subparsers) -> None:
     parser.add_argument("--video", metavar="DIR", help="write a GIF of every episode into DIR")
     parser.add_argument("--episode-log", help="JSON-lines file of finished episodes; episodes already in it are "
                                               "not run again (default: next to --json)")
+    parser.add_argument("--delay-steps", type=int, default=0,
+                        help="emulate a real-time controller: each chunk's actions arrive this many steps late")
+    parser.add_argument("--replan-every", type=int,
+                        help="plan a new chunk every this many steps (default: the checkpoint's n_action_steps)")
     _add_scheduler_options(parser)
     _add_sampler_options(parser)
     parser.set_defaults(handler=_run_eval)
@@ -181,18 +185,21 @@ def _add_eval(subparsers) -> None:
 def _run_eval(args) -> int:
     from .bench import write_json
     from .checkpoint import read_weights
-    from .evaluate import evaluate, format_table, plot_comparison
+    from .evaluate import checked_replan_every, evaluate, format_table, plot_comparison
 
     if args.episodes < 1:
         raise ValueError("--episodes must be at least 1")
     checkpoint = args.checkpoint or shipped_checkpoint()
-    read_weights(checkpoint)  # a broken checkpoint fails here with one line, before workers start
+    config = read_weights(checkpoint).config  # a broken checkpoint fails here with one line, before workers start
     specs = sampler_specs(args.sampler, parallel_options(args))
+    execution = {name: value for name, value in (("delay_steps", args.delay_steps), ("replan_every", args.replan_every))
+                 if value}
+    checked_replan_every(config, **execution)
     seeds = list(range(args.seed, args.seed + args.episodes))
     episode_log = args.episode_log or (f"{args.json}.episodes.jsonl" if args.json else None)
     summaries = evaluate(checkpoint, [(spec.name, spec.options) for spec in specs], seeds, workers=args.workers,
                          device=args.device, max_steps=args.max_steps, video_dir=args.video, episode_log=episode_log,
-                         scheduler=scheduler_overrides(args))
+                         scheduler=scheduler_overrides(args), execution=execution)
     print(format_table(summaries))
     if args.json:
         write_json(summaries[0] if len(summaries) == 1 else summaries, args.json)

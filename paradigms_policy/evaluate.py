@@ -29,12 +29,22 @@ MAX_EPISODE_STEPS = 300
 _worker_policy = None
 
 
-def run_episode(policy, seed: int, max_steps: int = MAX_EPISODE_STEPS, video_path: str | Path | None = None) -> dict[str, Any]:
-    """One Push-T episode; returns its score, success and per-chunk sampler statistics."""
+def run_episode(policy, seed: int, max_steps: int = MAX_EPISODE_STEPS, video_path: str | Path | None = None,
+                delay_steps: int = 0, replan_every: int | None = None) -> dict[str, Any]:
+    """One Push-T episode; returns its score, success and per-chunk sampler statistics.
+
+    By default the protocol of the paper: plan from the observation at step t, execute its
+    n_action_steps actions at t, t+1, ..., then plan again. delay_steps and replan_every emulate a
+    controller that runs in real time, as policy_node does: a chunk is planned every
+    `replan_every` steps, its actions arrive `delay_steps` steps late (the previous chunk's, or
+    holding the agent still, fill the gap), and actions delay_steps .. delay_steps + replan_every - 1
+    of it are executed.
+    """
     import torch
 
     from .pusht_env import PushTKeypointsEnv, episode_score
 
+    replan_every = checked_replan_every(policy.config, delay_steps, replan_every)
     env = PushTKeypointsEnv(render=video_path is not None)
     policy.reset()
     try:
@@ -42,20 +52,24 @@ def run_episode(policy, seed: int, max_steps: int = MAX_EPISODE_STEPS, video_pat
         history = deque([observation] * policy.config.n_obs_steps, maxlen=policy.config.n_obs_steps)
         generator = torch.Generator().manual_seed(seed)
         coverages, latencies, rounds, evals, frames = [], [], [], [], []
+        planned: dict[int, np.ndarray] = {}  # step -> action
+        action = observation[-2:]  # before the first chunk arrives the agent holds still
         done = False
         while not done and len(coverages) < max_steps:
-            output = policy.predict(np.stack(history), generator=generator)
-            latencies.append(output.latency_s)
-            rounds.append(output.stats.rounds)
-            evals.append(output.stats.model_evals)
-            for action in output.actions:
-                observation, coverage, done, _ = env.step(action)
-                history.append(observation)
-                coverages.append(coverage)
-                if video_path is not None:
-                    frames.append(env.render()[::2, ::2])
-                if done or len(coverages) >= max_steps:
-                    break
+            step = len(coverages)
+            if step % replan_every == 0:
+                output = policy.predict(np.stack(history), generator=generator)
+                latencies.append(output.latency_s)
+                rounds.append(output.stats.rounds)
+                evals.append(output.stats.model_evals)
+                ahead = output.action_horizon[policy.config.n_obs_steps - 1:]
+                planned.update({step + j: ahead[j] for j in range(delay_steps, delay_steps + replan_every)})
+            action = planned.pop(step, action)
+            observation, coverage, done, _ = env.step(action)
+            history.append(observation)
+            coverages.append(coverage)
+            if video_path is not None:
+                frames.append(env.render()[::2, ::2])
         score, success = episode_score(coverages)
         if video_path is not None:
             import imageio.v2 as imageio
@@ -75,6 +89,16 @@ def run_episode(policy, seed: int, max_steps: int = MAX_EPISODE_STEPS, video_pat
         "rounds_median": float(np.median(rounds)),
         "model_evals_median": float(np.median(evals)),
     }
+
+
+def checked_replan_every(config, delay_steps: int = 0, replan_every: int | None = None) -> int:
+    """replan_every (default n_action_steps) if the policy predicts enough actions for it, else a ValueError."""
+    replan_every = replan_every or config.n_action_steps
+    available = config.horizon - (config.n_obs_steps - 1)  # predicted actions from the observation's step on
+    if delay_steps < 0 or replan_every < 1 or delay_steps + replan_every > available:
+        raise ValueError(f"need delay_steps >= 0, replan_every >= 1 and delay_steps + replan_every <= {available}, "
+                         f"got {delay_steps} and {replan_every}")
+    return replan_every
 
 
 def summarize(sampler: str, options: dict[str, Any], episodes: list[dict[str, Any]]) -> dict[str, Any]:
@@ -103,11 +127,13 @@ def summarize(sampler: str, options: dict[str, Any], episodes: list[dict[str, An
 def evaluate(checkpoint: str | Path, samplers: list[tuple[str, dict[str, Any]]], seeds: list[int],
              workers: int = 2, device: str = "cpu", max_steps: int = MAX_EPISODE_STEPS,
              video_dir: str | Path | None = None, episode_log: str | Path | None = None,
-             scheduler: dict[str, Any] | None = None, progress: bool = True) -> list[dict[str, Any]]:
+             scheduler: dict[str, Any] | None = None, execution: dict[str, int] | None = None,
+             progress: bool = True) -> list[dict[str, Any]]:
     """Run every seed with every sampler; one summary per sampler, in the order given.
 
     scheduler: overrides of the checkpoint's sampling scheduler, e.g. {"name": "ddim",
     "num_inference_steps": 16}; every summary records the scheduler it sampled with.
+    execution: `run_episode`'s delay_steps and replan_every (default: the paper's protocol).
 
     episode_log: a JSON-lines file that receives every finished episode at once; episodes already
     in it (same sampler, options, seed and step limit) are not run again, so an interrupted or
@@ -117,7 +143,7 @@ def evaluate(checkpoint: str | Path, samplers: list[tuple[str, dict[str, Any]]],
 
     if video_dir is not None:
         Path(video_dir).mkdir(parents=True, exist_ok=True)
-    keys = [_episode_key(name, options, max_steps, scheduler) for name, options in samplers]
+    keys = [_episode_key(name, options, max_steps, scheduler, execution) for name, options in samplers]
     done = _read_episode_log(episode_log)
     results = [[done[(key, seed)] for seed in seeds if (key, seed) in done] for key in keys]
     tasks = [(index, seed) for seed in seeds for index, key in enumerate(keys) if (key, seed) not in done]
@@ -128,7 +154,7 @@ def evaluate(checkpoint: str | Path, samplers: list[tuple[str, dict[str, Any]]],
         for index, seed in tasks:
             name, options = samplers[index]
             video = None if video_dir is None else str(Path(video_dir) / f"{index}-{name}_seed{seed}.gif")
-            futures[pool.submit(_worker_episode, name, options, seed, max_steps, video)] = index
+            futures[pool.submit(_worker_episode, name, options, seed, max_steps, video, execution or {})] = index
         with tqdm(total=len(futures), desc="eval", unit="episode", disable=not progress) as bar:
             for future in as_completed(futures):
                 episode = future.result()
@@ -141,14 +167,18 @@ def evaluate(checkpoint: str | Path, samplers: list[tuple[str, dict[str, Any]]],
 
     sampled_with = read_weights(checkpoint).config.with_scheduler(**(scheduler or {})).scheduler
     return [{**summarize(name, options, episodes), "scheduler": sampled_with.name,
-             "num_inference_steps": sampled_with.num_inference_steps}
+             "num_inference_steps": sampled_with.num_inference_steps, "execution": execution or {}}
             for (name, options), episodes in zip(samplers, results)]
 
 
-def _episode_key(name: str, options: dict[str, Any], max_steps: int, scheduler: dict[str, Any] | None) -> str:
+def _episode_key(name: str, options: dict[str, Any], max_steps: int, scheduler: dict[str, Any] | None,
+                 execution: dict[str, int] | None) -> str:
     key = {"sampler": name, "options": options, "max_steps": max_steps}
-    if scheduler:  # runs with the checkpoint's own scheduler keep the keys they always had
+    # Runs with the checkpoint's own scheduler and the paper's execution keep the keys they always had.
+    if scheduler:
         key["scheduler"] = scheduler
+    if execution:
+        key["execution"] = execution
     return json.dumps(key, sort_keys=True)
 
 
@@ -243,9 +273,10 @@ def _init_worker(checkpoint: str, device: str, scheduler: dict[str, Any]) -> Non
         _worker_policy.set_scheduler(**scheduler)
 
 
-def _worker_episode(sampler: str, options: dict[str, Any], seed: int, max_steps: int, video_path: str | None):
+def _worker_episode(sampler: str, options: dict[str, Any], seed: int, max_steps: int, video_path: str | None,
+                    execution: dict[str, int]):
     _worker_policy.set_sampler(sampler, **options)
-    return run_episode(_worker_policy, seed, max_steps, video_path)
+    return run_episode(_worker_policy, seed, max_steps, video_path, **execution)
 
 
 def _wilson_interval(successes: int, count: int, z: float = 1.96) -> tuple[float, float]:

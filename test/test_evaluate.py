@@ -1,6 +1,8 @@
 """The Push-T evaluation: a short episode gives a well-formed result, through the API and the CLI."""
 import json
 
+import numpy as np
+
 import pytest
 
 from paradigms_policy.checkpoint import load_policy, save_policy
@@ -82,3 +84,37 @@ def test_scheduler_override_is_used_recorded_and_kept_apart_in_the_episode_log(t
     assert (ddim["scheduler"], ddim["num_inference_steps"], ddim["rounds_median"]) == ("ddim", 4, 4)
     assert checkpoint_own["scheduler"] == small_config().scheduler.name
     assert checkpoint_own["rounds_median"] == small_config().scheduler.num_inference_steps
+
+
+def test_real_time_execution_plans_every_replan_steps_and_fills_the_delay(tiny_checkpoint, monkeypatch):
+    from paradigms_policy import pusht_env
+
+    policy = load_policy(tiny_checkpoint)
+    def untimed(episode):
+        return {key: value for key, value in episode.items() if not key.startswith("latency")}
+
+    paper = run_episode(policy, seed=100000, max_steps=12)
+    assert untimed(run_episode(policy, seed=100000, max_steps=12, delay_steps=0, replan_every=8)) == untimed(paper)
+
+    applied = []
+    original_step = pusht_env.PushTKeypointsEnv.step
+
+    def recording_step(self, action):
+        applied.append(np.array(action, dtype=np.float64))
+        return original_step(self, action)
+
+    monkeypatch.setattr(pusht_env.PushTKeypointsEnv, "step", recording_step)
+    delayed = run_episode(policy, seed=100000, max_steps=12, delay_steps=2, replan_every=5)
+    assert delayed["chunks"] == 3 and delayed["steps"] == 12  # plans at steps 0, 5 and 10
+    start = pusht_env.PushTKeypointsEnv().reset(seed=100000)[-2:]
+    np.testing.assert_allclose(applied[0], start)  # nothing has arrived yet: the agent holds still
+    np.testing.assert_allclose(applied[1], start)
+    assert not np.allclose(applied[2], start)  # the first chunk's action 2 arrives at step 2
+
+
+def test_impossible_real_time_execution_is_refused(tiny_checkpoint, capsys):
+    from paradigms_policy.cli import main
+
+    code = main(["eval", "--checkpoint", str(tiny_checkpoint), "--episodes", "1", "--delay-steps", "10",
+                 "--replan-every", "8"])
+    assert code == 2 and "delay_steps + replan_every <= 15" in capsys.readouterr().err
