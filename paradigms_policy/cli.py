@@ -130,8 +130,9 @@ def _run_bench(args) -> int:
         from .checkpoint import load_policy
 
         policy = load_policy(args.checkpoint or shipped_checkpoint(), device=args.device)
-    if scheduler_overrides(args):
-        policy.set_scheduler(**scheduler_overrides(args))
+    changes = scheduler_overrides(args)
+    if changes:
+        policy.set_scheduler(**changes)
     if (args.cuda_graphs or args.suite) and policy.device.type != "cuda":
         print(f"note: CUDA graphs need a CUDA device; on {policy.device} every variant runs eager", file=sys.stderr)
     if args.data:
@@ -184,17 +185,14 @@ def _add_eval(subparsers) -> None:
 
 def _run_eval(args) -> int:
     from .bench import write_json
-    from .checkpoint import read_weights
-    from .evaluate import checked_replan_every, evaluate, format_table, plot_comparison
+    from .evaluate import evaluate, format_table, plot_comparison
 
     if args.episodes < 1:
         raise ValueError("--episodes must be at least 1")
     checkpoint = args.checkpoint or shipped_checkpoint()
-    config = read_weights(checkpoint).config  # a broken checkpoint fails here with one line, before workers start
     specs = sampler_specs(args.sampler, parallel_options(args))
     execution = {name: value for name, value in (("delay_steps", args.delay_steps), ("replan_every", args.replan_every))
                  if value}
-    checked_replan_every(config, **execution)
     seeds = list(range(args.seed, args.seed + args.episodes))
     episode_log = args.episode_log or (f"{args.json}.episodes.jsonl" if args.json else None)
     summaries = evaluate(checkpoint, [(spec.name, spec.options) for spec in specs], seeds, workers=args.workers,

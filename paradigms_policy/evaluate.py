@@ -136,11 +136,18 @@ def evaluate(checkpoint: str | Path, samplers: list[tuple[str, dict[str, Any]]],
     execution: `run_episode`'s delay_steps and replan_every (default: the paper's protocol).
 
     episode_log: a JSON-lines file that receives every finished episode at once; episodes already
-    in it (same sampler, options, seed and step limit) are not run again, so an interrupted or
-    extended evaluation resumes where it stopped.
+    in it (same sampler, options, seed, step limit, scheduler and execution) are not run again, so
+    an interrupted or extended evaluation resumes where it stopped.
+
+    The checkpoint is read once here, so a broken one, or an execution it cannot serve, fails with
+    one error before any worker starts.
     """
     from tqdm import tqdm
 
+    from .checkpoint import read_weights
+
+    config = read_weights(checkpoint).config.with_scheduler(**(scheduler or {}))
+    checked_replan_every(config, **(execution or {}))
     if video_dir is not None:
         Path(video_dir).mkdir(parents=True, exist_ok=True)
     keys = [_episode_key(name, options, max_steps, scheduler, execution) for name, options in samplers]
@@ -163,11 +170,8 @@ def evaluate(checkpoint: str | Path, samplers: list[tuple[str, dict[str, Any]]],
                     with open(episode_log, "a") as log:
                         log.write(json.dumps({"key": keys[futures[future]], **episode}) + "\n")
                 bar.update(1)
-    from .checkpoint import read_weights
-
-    sampled_with = read_weights(checkpoint).config.with_scheduler(**(scheduler or {})).scheduler
-    return [{**summarize(name, options, episodes), "scheduler": sampled_with.name,
-             "num_inference_steps": sampled_with.num_inference_steps, "execution": execution or {}}
+    return [{**summarize(name, options, episodes), "scheduler": config.scheduler.name,
+             "num_inference_steps": config.scheduler.num_inference_steps, "execution": execution or {}}
             for (name, options), episodes in zip(samplers, results)]
 
 

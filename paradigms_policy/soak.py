@@ -33,15 +33,26 @@ MIB = 1024.0
 # Measurements (no ROS needed)
 
 
-def read_rss_kib() -> tuple[float, str]:
-    """The process's resident set size in KiB and where it came from."""
+def read_process_status() -> dict[str, float]:
+    """The numeric fields of /proc/self/status (KiB for memory, a count for Threads); {} where it is absent."""
+    fields: dict[str, float] = {}
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
-                    return float(line.split()[1]), "VmRSS"
+                name, _, value = line.partition(":")
+                parts = value.split()
+                if parts and parts[0].isdigit():
+                    fields[name] = float(parts[0])
     except OSError:
         pass
+    return fields
+
+
+def read_rss_kib() -> tuple[float, str]:
+    """The process's resident set size in KiB and where it came from."""
+    rss = read_process_status().get("VmRSS")
+    if rss is not None:
+        return rss, "VmRSS"
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -50,29 +61,13 @@ def read_rss_kib() -> tuple[float, str]:
 
 def read_memory_details() -> dict[str, float]:
     """RssAnon, RssFile (mapped files, e.g. libraries paged in) and RssShmem in KiB, and the thread count."""
-    wanted = {"RssAnon:": "rss_anon_kib", "RssFile:": "rss_file_kib", "RssShmem:": "rss_shmem_kib",
-              "Threads:": "threads"}
-    details: dict[str, float] = {}
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                key = line.split(None, 1)[0] if line.strip() else ""
-                if key in wanted:
-                    details[wanted[key]] = float(line.split()[1])
-    except OSError:
-        pass
-    return details
+    wanted = {"RssAnon": "rss_anon_kib", "RssFile": "rss_file_kib", "RssShmem": "rss_shmem_kib", "Threads": "threads"}
+    status = read_process_status()
+    return {key: status[field] for field, key in wanted.items() if field in status}
 
 
 def read_peak_rss_kib() -> float | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    return None
+    return read_process_status().get("VmHWM")
 
 
 def slope_per_1000(cycles: list[float], values: list[float]) -> float | None:
@@ -456,7 +451,7 @@ def summarise(args, label, deadline_ms, domain_id, duration, samples, warmup_cyc
         "rss_end_mib": round(end["rss_kib"] / MIB, 2),
         "rss_min_mib": round(min(s["rss_kib"] for s in after or samples) / MIB, 2),
         "rss_max_mib": round(max(s["rss_kib"] for s in after or samples) / MIB, 2),
-        "rss_peak_mib": None if read_peak_rss_kib() is None else round(read_peak_rss_kib() / MIB, 2),
+        "rss_peak_mib": _mib(read_peak_rss_kib()),
         "rss_slope_kib_per_1000_cycles": None if slope is None else round(slope, 2),
         "rss_fitted_growth_mib": None if growth is None else round(growth / MIB, 3),
         "rss_slope_last_half_kib_per_1000_cycles": None if late_slope is None else round(late_slope, 2),
