@@ -24,6 +24,7 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy is not importable (pip instal
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.context import Context  # noqa: E402
+from rclpy.event_handler import PublisherEventCallbacks  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
@@ -82,10 +83,21 @@ class Harness:
         self.trajectory_sub = self.probe.create_subscription(JointTrajectory, "joint_trajectory", self._on_trajectory,
                                                              RELIABLE_COMMANDS)
         self.probe.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
-        self.obs_pub = self.probe.create_publisher(JointState, "observation", 10)
-        self.array_pub = self.probe.create_publisher(Float32MultiArray, "observation_array", 10)
+        # Readers matched by each observation writer itself (the graph can show a subscriber before
+        # the writer has matched it, and a sample published in between is lost).
+        self.matched_readers = {}
+        self.obs_pub = self.probe.create_publisher(JointState, "observation", 10,
+                                                   event_callbacks=self._count_matches("/observation"))
+        self.array_pub = self.probe.create_publisher(Float32MultiArray, "observation_array", 10,
+                                                     event_callbacks=self._count_matches("/observation_array"))
         self.executor.add_node(self.probe)
         self._spinner = None
+
+    def _count_matches(self, topic):
+        def on_matched(info):
+            self.matched_readers[topic] = info.current_count
+
+        return PublisherEventCallbacks(matched=on_matched)
 
     def _on_trajectory(self, msg):
         self.trajectories.append((msg, self.now()))
@@ -109,6 +121,7 @@ class Harness:
         self._spinner.start()
         # Both ends of both topics must have matched: a best-effort reader drops what arrives before.
         assert wait_for(lambda: publisher.get_subscription_count() >= 1
+                        and self.matched_readers.get(publisher.topic_name, 0) >= 1
                         and node._subscription.get_publisher_count() >= 1
                         and node._trajectory_pub.get_subscription_count() >= 1
                         and self.trajectory_sub.get_publisher_count() >= 1), "discovery did not complete"
