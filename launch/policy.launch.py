@@ -4,6 +4,7 @@
     ros2 launch paradigms_policy policy.launch.py use_sim:=true sampler:=paradigms
     ros2 launch paradigms_policy policy.launch.py checkpoint:=/path/to/ckpt params_file:=/path/to/my.yaml
     ros2 launch paradigms_policy policy.launch.py use_sim:=true cpu_profile:=true   # no GPU
+    ros2 launch paradigms_policy policy.launch.py use_sim:=true lockstep:=true      # as `eval` executes
 
 Arguments:
     checkpoint   policy checkpoint; empty (default) keeps the params file's value, whose empty
@@ -15,6 +16,9 @@ Arguments:
                  may configure both nodes
     cpu_profile  also load config/policy_cpu.yaml after params_file: DDIM-16 sampling, which meets
                  the deadline on a CPU where the checkpoint's DDPM-100 does not
+    lockstep     also load config/lockstep.yaml into both nodes, last: the simulation runs on
+                 simulated time (/clock) and waits for each chunk, the policy node follows that
+                 clock (use_sim_time); for use_sim:=true
 """
 import os
 
@@ -41,7 +45,9 @@ def _nodes(context, *args, **kwargs):
         if value:
             overrides[name] = value
     cpu_profile = LaunchConfiguration("cpu_profile").perform(context).strip().lower() in TRUE_WORDS
-    policy_parameters = [params_file] + ([_config("policy_cpu.yaml")] if cpu_profile else []) \
+    lockstep = [_config("lockstep.yaml")] \
+        if LaunchConfiguration("lockstep").perform(context).strip().lower() in TRUE_WORDS else []
+    policy_parameters = [params_file] + ([_config("policy_cpu.yaml")] if cpu_profile else []) + lockstep \
         + ([overrides] if overrides else [])
     actions = [
         Node(package=PACKAGE, executable="policy_node", name="policy_node", output="screen",
@@ -50,7 +56,7 @@ def _nodes(context, *args, **kwargs):
     if LaunchConfiguration("use_sim").perform(context).strip().lower() in TRUE_WORDS:
         actions.append(
             Node(package=PACKAGE, executable="pusht_sim_node", name="pusht_sim_node", output="screen",
-                 parameters=[_config("pusht_sim.yaml"), params_file]))
+                 parameters=[_config("pusht_sim.yaml"), params_file] + lockstep))
     return actions
 
 
@@ -65,6 +71,9 @@ def generate_launch_description():
                               description="Also start the Push-T simulation node"),
         DeclareLaunchArgument("cpu_profile", default_value="false", choices=["true", "false", "True", "False", "1", "0"],
                               description="Also load config/policy_cpu.yaml (DDIM-16 sampling for machines without a GPU)"),
+        DeclareLaunchArgument("lockstep", default_value="false", choices=["true", "false", "True", "False", "1", "0"],
+                              description="Also load config/lockstep.yaml into both nodes: the simulation runs on "
+                                          "simulated time and waits for each chunk (with use_sim:=true)"),
         DeclareLaunchArgument("params_file", default_value=_config("policy.yaml"),
                               description="Parameter file of the policy node (ROS 2 params layout)"),
         OpaqueFunction(function=_nodes),

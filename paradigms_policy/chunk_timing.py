@@ -117,16 +117,23 @@ def deadline_met(obs_stamp_ns: int, ready_ns: int, deadline_ns: int) -> bool:
     return ready_ns <= obs_stamp_ns + deadline_ns
 
 
-def should_start_inference(newest_stamp_ns: int, chunk_end_ns: int | None, period: int, lead_ns: int) -> bool:
+def should_start_inference(newest_stamp_ns: int, chunk_end_ns: int | None, period: int, lead_ns: int,
+                           plan_ahead_periods: int = 1) -> bool:
     """Whether to plan now for the newest observation or wait for the next one.
 
-    A chunk planned now arrives about `lead_ns` after the observation. Waiting for the next
-    observation (one period later) is fine only if the current chunk still covers the time at
-    which that later chunk would arrive; otherwise start now. With no chunk running, start now.
+    A chunk planned now arrives about `lead_ns` after the observation; one planned from the next
+    observation arrives a period later. The running chunk's last action (due at `chunk_end_ns`)
+    holds until `chunk_end_ns + period`. Waiting is fine while the later chunk would still arrive
+    `plan_ahead_periods` periods before that: start now when
+    `newest + period + lead + plan_ahead_periods * period > chunk_end + period`.
+    `plan_ahead_periods` = 1 keeps one period of margin for timing jitter; 0 plans as late as
+    possible, which reproduces Diffusion Policy's execution (every action of a chunk, then a new
+    one) when inference costs no time on the node's clock (a lockstep simulation).
+    With no chunk running, start now.
     """
     if chunk_end_ns is None:
         return True
-    return newest_stamp_ns + period + lead_ns > chunk_end_ns
+    return newest_stamp_ns + max(0, lead_ns) + plan_ahead_periods * period > chunk_end_ns
 
 
 def deadline_margin_ns(deadline_ns: int) -> int:
@@ -358,6 +365,10 @@ POLICY_NODE_PARAMETERS: tuple[ParamSpec, ...] = (
               "observation rate.", minimum=0.1, maximum=1000.0),
     ParamSpec("n_action_steps", 0, "Actions per chunk (from the newest observation's step on); 0 = the "
               "checkpoint's.", minimum=0, maximum=10000),
+    ParamSpec("plan_ahead_periods", 1, "Plan the next chunk so that it arrives this many control periods before "
+              "the running chunk runs out (beyond the measured inference time); 1 leaves a period for jitter, 0 "
+              "plans as late as possible (a lockstep simulation, where inference costs no simulated time).",
+              read_only=False, minimum=0, maximum=1000),
     ParamSpec("deadline_ms", 500.0, "A chunk must be ready this long after its observation's stamp; a later one "
               "is a deadline miss and is not published.", read_only=False, minimum=1.0, maximum=60000.0),
     ParamSpec("max_observation_age_ms", 200.0, "Observations older than this on arrival are rejected; 0 = no age "
@@ -394,6 +405,15 @@ SIM_NODE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("score_topic", "episode_score", "std_msgs/Float32 episode score output topic (relative)."),
     ParamSpec("joint_names", ["agent_x", "agent_y"], "Trajectory joint names of the agent's x and y target."),
     ParamSpec("video_dir", "", "Write a video of each episode into this directory; empty = no video."),
+    ParamSpec("lockstep", False, "Run on simulated time, published on /clock (set use_sim_time on the policy "
+              "node): a step for which no trajectory point is due waits for one, so the policy's computing time "
+              "costs no simulated time and chunks execute as in `paradigms-policy eval`."),
+    ParamSpec("lockstep_warmup_steps", 1, "Lockstep: steps at the start of an episode taken without waiting, "
+              "while the policy collects its first observations (its n_obs_steps - 1).", minimum=0, maximum=1000),
+    ParamSpec("lockstep_timeout_s", 10.0, "Lockstep: wall-clock seconds to wait for a command before stepping "
+              "without one (the agent holds its target).", minimum=0.01, maximum=3600.0),
+    ParamSpec("max_real_time_factor", 10.0, "Lockstep: simulated seconds per wall-clock second while the policy "
+              "keeps up (the waits for commands come on top).", minimum=0.01, maximum=1000.0),
 )
 
 

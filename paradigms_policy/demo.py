@@ -5,10 +5,16 @@ Both nodes are the real ROS 2 nodes, configured from the same parameter files as
 discovery, a ROS domain id of their own). They spin on one SingleThreadedExecutor until the
 simulation has run the requested episodes; the demo prints each episode's score and the latency
 per chunk, then shuts everything down.
+
+In real time (the default) a chunk starts executing only once it is ready, so the policy's
+latency costs score where inference is slow; `--lockstep` runs the simulation on simulated time
+and waits for each chunk (config/lockstep.yaml), which executes chunks exactly as `paradigms-policy
+eval` does and so gives the same score for the same seeds, whatever the computer.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import threading
@@ -20,6 +26,7 @@ from .chunk_timing import percentiles
 PACKAGE = "paradigms_policy"
 CONFIG_FILES = ("policy.yaml", "pusht_sim.yaml")
 CPU_OVERLAY = "policy_cpu.yaml"  # DDIM-16 instead of the checkpoint's DDPM-100 where no GPU meets the deadline
+LOCKSTEP_OVERLAY = "lockstep.yaml"  # both nodes on the simulation's clock
 
 
 def package_config_dir() -> Path:
@@ -44,6 +51,10 @@ def default_params_files(on_cpu: bool) -> list[str]:
     return [str(directory / name) for name in CONFIG_FILES + ((CPU_OVERLAY,) if on_cpu else ())]
 
 
+def lockstep_params_file() -> str:
+    return str(package_config_dir() / LOCKSTEP_OVERLAY)
+
+
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="policy checkpoint (default: the params file's value; empty there = the shipped "
@@ -60,6 +71,12 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                                              "config/policy.yaml and config/pusht_sim.yaml, and "
                                              "config/policy_cpu.yaml when the policy runs on a CPU)")
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: the params file's)")
+    parser.add_argument("--lockstep", action="store_true",
+                        help="run the simulation on simulated time and wait for each chunk (config/lockstep.yaml, "
+                             "loaded last): chunks execute as in `paradigms-policy eval`, with the checkpoint's "
+                             "scheduler even on a CPU")
+    parser.add_argument("--json", default=None, metavar="FILE",
+                        help="write the episodes (score, steps, chunks, latency) and the summary to FILE")
     parser.add_argument("--video", default=None, metavar="DIR", help="write one video per episode into DIR")
     parser.add_argument("--domain-id", type=int, default=None,
                         help="ROS domain id (default: $ROS_DOMAIN_ID, else one derived from the process id)")
@@ -83,7 +100,9 @@ def run_demo(args: argparse.Namespace) -> int:
         print("paradigms-policy demo: error: --episodes must be at least 1", file=sys.stderr)
         return 2
     if args.params_files:
-        files = args.params_files
+        files = list(args.params_files)
+    elif args.lockstep:  # no deadline to meet on simulated time: keep the checkpoint's scheduler
+        files = default_params_files(on_cpu=False)
     else:
         from .policy import resolve_device
 
@@ -96,12 +115,16 @@ def run_demo(args: argparse.Namespace) -> int:
         if on_cpu:
             print(f"demo: no CUDA device, so the policy samples DDIM-16 ({CPU_OVERLAY}); pass --params-file "
                   "to choose the parameter files yourself")
+    if args.lockstep:
+        files.append(lockstep_params_file())
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
         print(f"paradigms-policy demo: error: parameter file not found: {', '.join(missing)}", file=sys.stderr)
         return 2
     if args.video:
         Path(args.video).mkdir(parents=True, exist_ok=True)
+    if args.json:  # before the run, so that a bad path fails now and not after the episodes
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
 
     # Discovery stays on this machine unless the caller chose otherwise; a domain of our own.
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -154,11 +177,17 @@ def run_demo(args: argparse.Namespace) -> int:
         spinner = threading.Thread(target=spin, name="demo-executor", daemon=True)
         spinner.start()
 
-        sim_values = {name: sim.get_parameter(name).value for name in ("max_steps", "control_rate", "reset_pause_s")}
+        sim_values = {name: sim.get_parameter(name).value for name in
+                      ("max_steps", "control_rate", "reset_pause_s", "lockstep", "lockstep_timeout_s",
+                       "max_real_time_factor")}
         per_episode_s = sim_values["max_steps"] / sim_values["control_rate"] + sim_values["reset_pause_s"]
+        if sim_values["lockstep"]:  # faster than real time, but each step may wait up to the timeout
+            per_episode_s = (per_episode_s / sim_values["max_real_time_factor"]
+                             + sim_values["max_steps"] * sim_values["lockstep_timeout_s"])
         deadline = time.monotonic() + args.episodes * (1.5 * per_episode_s + 10.0) + 30.0
         reported = 0
         chunk_mark = 0
+        rows = []
         while reported < args.episodes:
             if time.monotonic() > deadline:
                 print(f"paradigms-policy demo: error: timed out after {reported} of {args.episodes} episode(s)",
@@ -174,8 +203,12 @@ def run_demo(args: argparse.Namespace) -> int:
                 published = sum(c["published"] for c in chunks)
                 misses = len(chunks) - published
                 reported += 1
+                rows.append(dict(result, chunks=published, deadline_misses=misses,
+                                 latency_p50_ms=None if p50 is None else 1000.0 * p50,
+                                 latency_p99_ms=None if p99 is None else 1000.0 * p99))
                 print(f"episode {reported}/{args.episodes} seed {result['seed']}: score {result['score']:.3f} "
-                      f"({'success' if result['success'] else 'no success'}), {result['steps']} steps, "
+                      f"({'success' if result['success'] else 'no success'}), {result['steps']} steps "
+                      f"({result['held_steps']} without a fresh command), "
                       f"{published} chunks, {misses} deadline misses, latency per chunk p50 {_fmt_ms(p50)} "
                       f"p99 {_fmt_ms(p99)}" + (f", video {result['video']}" if "video" in result else ""), flush=True)
 
@@ -191,6 +224,17 @@ def run_demo(args: argparse.Namespace) -> int:
               f"{stats['deadline_misses']} deadline misses, mean rounds "
               f"{'n/a' if stats['rounds_mean'] is None else format(stats['rounds_mean'], '.1f')}, "
               f"{stats['observations_rejected']} observations rejected")
+        if args.json:
+            summary = {"sampler": stats["sampler"], "device": str(policy.policy.device),
+                       "lockstep": bool(sim_values["lockstep"]), "params_files": [str(f) for f in files],
+                       "episodes": len(scores), "mean_score": sum(scores) / len(scores),
+                       "success_rate": successes / len(scores),
+                       "latency_p50_ms": None if p50 is None else 1000.0 * p50,
+                       "latency_p99_ms": None if p99 is None else 1000.0 * p99,
+                       "chunks_published": stats["chunks_published"], "deadline_misses": stats["deadline_misses"],
+                       "rounds_mean": stats["rounds_mean"], "per_episode": rows}
+            Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+            print(f"wrote {args.json}")
         return 0
     except KeyboardInterrupt:
         print("paradigms-policy demo: interrupted", file=sys.stderr)

@@ -422,7 +422,8 @@ class PolicyNode(Node):
             observations, stamp = snapshot
             deadline_ns = int(settings["deadline_ms"] * NS_PER_MS)
             lead = min(deadline_ns, max(self._recent_ready_age)) if self._recent_ready_age else deadline_ns
-            if not should_start_inference(stamp, self._chunk_end_ns, self.period_ns, lead):
+            if not should_start_inference(stamp, self._chunk_end_ns, self.period_ns, lead,
+                                          settings["plan_ahead_periods"]):
                 continue
             try:
                 self._infer(observations, stamp, settings, deadline_ns)

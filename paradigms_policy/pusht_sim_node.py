@@ -13,11 +13,19 @@ steps; its score (max over the episode of clip(coverage / 0.95, 0, 1)) goes out 
 `episode_score` (std_msgs/Float32, reliable, transient local). Between episodes the node pauses
 for reset_pause_s without publishing observations or executing commands, then resets with the
 next seed. Trajectories use the header.stamp convention of ros2_control: zero means "now".
+
+With `lockstep: true` the node keeps its own simulated time and publishes it on /clock (the
+policy node then runs with use_sim_time, config/lockstep.yaml). Before a step for which no
+trajectory point is due, the simulation waits for one (up to lockstep_timeout_s of wall time), so
+the policy's computing time costs no simulated time and each chunk runs from its observation's
+step on, as in `paradigms-policy eval`; otherwise it runs up to max_real_time_factor times faster
+than real time. The first episode starts once the policy node is seen on the topics.
 """
 from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +33,7 @@ import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float32, Float32MultiArray
 from trajectory_msgs.msg import JointTrajectory
@@ -35,6 +44,7 @@ from .policy_node import RELIABLE_COMMANDS, StartupError, declare_parameters, ns
 
 SCORE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
+CLOCK_TOPIC = "/clock"  # absolute: rclpy's use_sim_time listens there
 
 
 def observation_names() -> list[str]:
@@ -86,6 +96,11 @@ class PushTSimNode(Node):
         self.trajectories_received = 0
         self.trajectories_rejected = 0
         self.observations_published = 0
+        self.lockstep_timeouts = 0
+        self._lockstep = values["lockstep"]
+        self._sim_now_ns = self.get_clock().now().nanoseconds  # lockstep: simulated time, from the wall clock on
+        self._observation_sent = False  # lockstep: this step's observation is out, its command awaited
+        self._waiting_since: float | None = None
 
         self._stamped = values["observation_type"] == "joint_state"
         self._names = observation_names()
@@ -98,21 +113,26 @@ class PushTSimNode(Node):
                 self._observation_pub = self.create_publisher(Float32MultiArray, values["observation_topic"],
                                                               qos_profile_sensor_data)
             self._score_pub = self.create_publisher(Float32, values["score_topic"], SCORE_QOS)
+            self._clock_pub = self.create_publisher(Clock, CLOCK_TOPIC, 10) if self._lockstep else None
             self._trajectory_sub = self.create_subscription(JointTrajectory, values["trajectory_topic"],
                                                             self._on_trajectory, RELIABLE_COMMANDS,
                                                             callback_group=group)
         except Exception as err:
             raise StartupError(f"cannot create the node's topics: {err}") from None
-        self._timer = self.create_timer(1.0 / values["control_rate"], self._tick,
-                                        callback_group=MutuallyExclusiveCallbackGroup())
+        tick_rate = values["control_rate"] * (values["max_real_time_factor"] if self._lockstep else 1.0)
+        self._timer = self.create_timer(1.0 / tick_rate, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
         self.get_logger().info(
             f"Push-T simulation at {values['control_rate']:g} Hz, first seed {values['seed']}, "
             f"{values['episodes'] or 'unlimited'} episode(s) of at most {values['max_steps']} steps; observations on "
-            f"'{self._observation_pub.topic_name}', trajectories from '{self._trajectory_sub.topic_name}'")
+            f"'{self._observation_pub.topic_name}', trajectories from '{self._trajectory_sub.topic_name}'"
+            + (f"; lockstep on simulated time ({CLOCK_TOPIC})" if self._lockstep else ""))
+
+    def _now(self) -> int:
+        return self._sim_now_ns if self._lockstep else self.get_clock().now().nanoseconds
 
     # -- trajectories ----------------------------------------------------------------------------
     def _on_trajectory(self, msg: JointTrajectory) -> None:
-        now = self.get_clock().now().nanoseconds
+        now = self._now()
         try:
             problem = None
             if sorted(msg.joint_names) != sorted(self.joint_names) or len(msg.joint_names) != 2:
@@ -151,18 +171,28 @@ class PushTSimNode(Node):
                 self.get_logger().error(f"simulation step failed: {type(err).__name__}: {err}")
 
     def _step(self) -> None:
-        now = self.get_clock().now().nanoseconds
+        now = self._now()
+        if self._lockstep:
+            self._clock_pub.publish(Clock(clock=ns_to_time_msg(now)))
         with self._lock:
             state = self._state
         if state == "finished":
             return
         if state == "pause":
-            if now < self._resume_at_ns:
+            if now < self._resume_at_ns or (self._lockstep and not self._policy_connected()):
+                self._advance_simulated_time()
                 return
             self._start_episode()
-        self._publish_observation(now)
+        if not self._observation_sent:
+            self._publish_observation(now)
+            self._observation_sent = True
         with self._lock:
             action, fresh = self._schedule.command_at(now, self.period_ns)
+        if self._lockstep and not fresh and self._steps >= self._values["lockstep_warmup_steps"] \
+                and not self._waited_too_long():
+            return  # the policy is planning this step: simulated time stands still
+        self._observation_sent = False
+        self._waiting_since = None
         if action is None or not fresh:
             self._held_steps += 1
         if action is not None:
@@ -174,6 +204,29 @@ class PushTSimNode(Node):
             self._frames.append(self._env.render())
         if done or self._steps >= self._values["max_steps"]:
             self._end_episode(now)
+        self._advance_simulated_time()
+
+    def _advance_simulated_time(self) -> None:
+        if self._lockstep:
+            self._sim_now_ns += self.period_ns
+
+    def _policy_connected(self) -> bool:
+        """Lockstep: a policy node listens to the observations and the clock and publishes trajectories."""
+        return (self._observation_pub.get_subscription_count() > 0 and self._clock_pub.get_subscription_count() > 0
+                and self._trajectory_sub.get_publisher_count() > 0)
+
+    def _waited_too_long(self) -> bool:
+        """Lockstep: whether the wait for this step's command has lasted lockstep_timeout_s (then step without)."""
+        wall = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = wall
+        if wall - self._waiting_since < self._values["lockstep_timeout_s"]:
+            return False
+        with self._lock:
+            self.lockstep_timeouts += 1
+        self.get_logger().warning(f"lockstep: no command after {self._values['lockstep_timeout_s']:g} s of waiting; "
+                                  "stepping with the last target", throttle_duration_sec=5.0)
+        return True
 
     def _start_episode(self) -> None:
         seed = self._values["seed"] + self._episode

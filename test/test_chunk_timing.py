@@ -70,6 +70,10 @@ def test_deadline_and_replanning_rules():
     end = S + 7 * P
     assert not should_start_inference(S + 5 * P, end, P, 50 * NS_PER_MS)  # next observation is still in time
     assert should_start_inference(S + 6 * P, end, P, 50 * NS_PER_MS)  # waiting would leave a gap
+    # On a lockstep simulation's clock inference takes no time: plan when the chunk has run out.
+    assert not should_start_inference(S + 7 * P, end, P, 0, plan_ahead_periods=0)
+    assert should_start_inference(S + 8 * P, end, P, 0, plan_ahead_periods=0)
+    assert should_start_inference(S + 8 * P, end, P, -P, plan_ahead_periods=0)  # clock behind the observation
 
 
 def test_round_caps():
@@ -172,6 +176,19 @@ def test_cpu_overlay_sets_only_declared_parameters_with_valid_values():
     for name, value in overlay.items():
         assert type(value) is type(defaults[name]), name
     assert validate_policy_parameters({**defaults, **overlay}, ["sequential", "paradigms"]) == []
+
+
+def test_lockstep_overlay_sets_declared_parameters_of_both_nodes():
+    overlay = yaml.safe_load((REPO_ROOT / "config" / "lockstep.yaml").read_text())
+    policy, sim = overlay["policy_node"]["ros__parameters"], overlay["pusht_sim_node"]["ros__parameters"]
+    policy_defaults = dict(spec_defaults(POLICY_NODE_PARAMETERS), use_sim_time=False)  # rclpy declares use_sim_time
+    sim_defaults = spec_defaults(SIM_NODE_PARAMETERS)
+    assert policy == {"use_sim_time": True, "plan_ahead_periods": 0, "auto_round_cap": False}
+    assert sim == {"lockstep": True}
+    for values, defaults in ((policy, policy_defaults), (sim, sim_defaults)):
+        for name, value in values.items():
+            assert type(value) is type(defaults[name]), name
+    assert validate_sim_parameters({**sim_defaults, **sim}) == []
 
 
 def test_trajectory_schedule_replaces_from_the_new_start_and_holds_the_last_point():

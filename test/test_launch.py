@@ -13,7 +13,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction  # noqa: E402
 from launch.utilities import perform_substitutions  # noqa: E402
 
 LAUNCH_FILE = Path(__file__).resolve().parent.parent / "launch" / "policy.launch.py"
-ARGUMENTS = {"checkpoint", "sampler", "use_sim", "params_file", "cpu_profile"}
+ARGUMENTS = {"checkpoint", "sampler", "use_sim", "params_file", "cpu_profile", "lockstep"}
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_launch_description_declares_the_arguments(launch_module):
     context = LaunchContext()
     defaults = {name: perform_substitutions(context, arg.default_value) for name, arg in arguments.items()}
     assert defaults["checkpoint"] == "" and defaults["sampler"] == "" and defaults["use_sim"] == "false"
-    assert defaults["cpu_profile"] == "false"
+    assert defaults["cpu_profile"] == "false" and defaults["lockstep"] == "false"
     assert Path(defaults["params_file"]).is_file() and Path(defaults["params_file"]).name == "policy.yaml"
     assert Path(launch_module._config("pusht_sim.yaml")).is_file()
 
@@ -82,3 +82,11 @@ def test_cpu_profile_loads_the_cpu_overlay_after_the_params_file(launch_module, 
     nodes = _nodes(launch_module, monkeypatch, cpu_profile="true", sampler="paradigms")
     assert nodes[0]["parameters"] == [launch_module._config("policy.yaml"), launch_module._config("policy_cpu.yaml"),
                                       {"sampler": "paradigms"}]
+
+
+def test_lockstep_loads_the_lockstep_overlay_into_both_nodes_last(launch_module, monkeypatch):
+    nodes = _nodes(launch_module, monkeypatch, use_sim="true", lockstep="true")
+    policy, sim = nodes
+    overlay = launch_module._config("lockstep.yaml")
+    assert policy["parameters"] == [launch_module._config("policy.yaml"), overlay]
+    assert sim["parameters"] == [launch_module._config("pusht_sim.yaml"), launch_module._config("policy.yaml"), overlay]
