@@ -82,8 +82,12 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ROS domain id (default: $ROS_DOMAIN_ID, else one derived from the process id)")
 
 
-def _fmt_ms(value) -> str:
-    return "n/a" if value is None else f"{value * 1000.0:.1f} ms"
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else 1000.0 * seconds
+
+
+def _fmt_ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{_ms(seconds):.1f} ms"
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -204,8 +208,8 @@ def run_demo(args: argparse.Namespace) -> int:
                 misses = len(chunks) - published
                 reported += 1
                 rows.append(dict(result, chunks=published, deadline_misses=misses,
-                                 latency_p50_ms=None if p50 is None else 1000.0 * p50,
-                                 latency_p99_ms=None if p99 is None else 1000.0 * p99))
+                                 latency_p50_ms=_ms(p50),
+                                 latency_p99_ms=_ms(p99)))
                 print(f"episode {reported}/{args.episodes} seed {result['seed']}: score {result['score']:.3f} "
                       f"({'success' if result['success'] else 'no success'}), {result['steps']} steps "
                       f"({result['held_steps']} without a fresh command), "
@@ -229,8 +233,8 @@ def run_demo(args: argparse.Namespace) -> int:
                        "lockstep": bool(sim_values["lockstep"]), "params_files": [str(f) for f in files],
                        "episodes": len(scores), "mean_score": sum(scores) / len(scores),
                        "success_rate": successes / len(scores),
-                       "latency_p50_ms": None if p50 is None else 1000.0 * p50,
-                       "latency_p99_ms": None if p99 is None else 1000.0 * p99,
+                       "latency_p50_ms": _ms(p50),
+                       "latency_p99_ms": _ms(p99),
                        "chunks_published": stats["chunks_published"], "deadline_misses": stats["deadline_misses"],
                        "rounds_mean": stats["rounds_mean"], "per_episode": rows}
             Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")

@@ -96,7 +96,6 @@ class PushTSimNode(Node):
         self.trajectories_received = 0
         self.trajectories_rejected = 0
         self.observations_published = 0
-        self.lockstep_timeouts = 0
         self._lockstep = values["lockstep"]
         self._sim_now_ns = self.get_clock().now().nanoseconds  # lockstep: simulated time, from the wall clock on
         self._observation_sent = False  # lockstep: this step's observation is out, its command awaited
@@ -222,8 +221,6 @@ class PushTSimNode(Node):
             self._waiting_since = wall
         if wall - self._waiting_since < self._values["lockstep_timeout_s"]:
             return False
-        with self._lock:
-            self.lockstep_timeouts += 1
         self.get_logger().warning(f"lockstep: no command after {self._values['lockstep_timeout_s']:g} s of waiting; "
                                   "stepping with the last target", throttle_duration_sec=5.0)
         return True
