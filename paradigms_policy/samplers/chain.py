@@ -119,6 +119,16 @@ class DenoisingChain:
                 noise[i] = self.noise_std[i] * z.to(dtype)
         return noise
 
+    @property
+    def state_weight(self) -> torch.Tensor:
+        """(T,) a_i = d f_i / d x with the clean-sample estimate held fixed (the posterior mean's weight on x).
+
+        DDPM: c_x. DDIM: eps = (x - sqrt(abar_t) x0) / sqrt(1 - abar_t) at a fixed x0 gives
+        c_eps / sqrt(1 - abar_t). Identity (padding) steps: 1.
+        """
+        through_eps = torch.where(self.coef_eps != 0, self.coef_eps / self.sqrt_beta_prod, torch.zeros_like(self.coef_eps))
+        return self.coef_sample + through_eps
+
     def predicted_clean(self, x: torch.Tensor, eps: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         """x0_hat for states x (W, B, ...) at chain indices `steps` (W,)."""
         def column(values: torch.Tensor) -> torch.Tensor:
