@@ -205,7 +205,8 @@ def plot_comparison(summaries: list[dict[str, Any]], path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = [row["label"].replace(" ", "\n") for row in summaries]
-    figure, (score_axis, latency_axis) = plt.subplots(1, 2, figsize=(9, 3.6))
+    # Room for the option-laden labels of every sampler, one per line.
+    figure, (score_axis, latency_axis) = plt.subplots(1, 2, figsize=(max(9.0, 2.8 * len(summaries)), 3.8))
     means = [row["mean_score"] for row in summaries]
     errors = [[row["mean_score"] - row["score_ci95"][0] for row in summaries],
               [row["score_ci95"][1] - row["mean_score"] for row in summaries]]
@@ -220,6 +221,8 @@ def plot_comparison(summaries: list[dict[str, Any]], path: str | Path) -> None:
                               ha="center", va="bottom", fontsize=9)
     latency_axis.set_ylabel("latency per chunk, p50 (ms)")
     latency_axis.set_title("sampling time per chunk")
+    for axis in (score_axis, latency_axis):
+        axis.tick_params(axis="x", labelsize=8)
     figure.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
