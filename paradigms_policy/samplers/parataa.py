@@ -140,9 +140,9 @@ def solve(denoiser: Denoiser, scheduler, noise: torch.Tensor, condition, *,
         raise ValueError(f"form must be one of {', '.join(FORMS)} (got {form!r})")
 
     solve = WindowedSolve(scheduler, noise, generator, window, fixed_shape, init_trajectory)
-    span = min(order if order is not None else solve.width, solve.width)  # k; beyond the window it is Picard
+    span = min(order if order is not None else solve.width, solve.width)  # k; b never precedes the window's start
     # Per step, the largest RMS first-order residual that counts as done. A positive tolerance is raised to
-    # the precision's resolution at unit scale: in bfloat16 rounding alone leaves residuals near 1e-3.
+    # the precision's resolution at unit scale (bfloat16: 7.8e-3), below which rounding alone can keep it.
     floor = torch.finfo(noise.dtype).eps if tolerance > 0 else 0.0
     limit = torch.clamp(relative_tolerance * solve.chain.variance.sqrt(), min=max(tolerance, floor))
     history = _History(memory - 1, solve.chain.num_steps, noise) if memory > 1 else None
