@@ -53,9 +53,9 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
-            "paradigms-policy = paradigms_policy.cli:main",
-            "policy_node = paradigms_policy.policy_node:main",
-            "pusht_sim_node = paradigms_policy.pusht_sim_node:main",
+            "paradigms-policy = paradigms_policy.commands.cli:main",
+            "policy_node = paradigms_policy.ros.policy_node:main",
+            "pusht_sim_node = paradigms_policy.ros.pusht_sim_node:main",
         ],
     },
 )

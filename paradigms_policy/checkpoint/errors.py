@@ -1,0 +1,59 @@
+"""What every checkpoint reader shares: the one error type, the weights it reads into, file helpers."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from ..config import PolicyConfig
+from ..normalizer import AffineNormalizer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used; the message names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+@dataclass
+class PolicyWeights:
+    """What every format is read into before the policy is built."""
+
+    config: PolicyConfig
+    unet_state_dict: dict[str, torch.Tensor]
+    obs_normalizer: AffineNormalizer
+    action_normalizer: AffineNormalizer
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(path, "weights file is missing")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors reports truncation and corruption with several exception types
+        raise CheckpointError(path, f"cannot read safetensors weights ({err}); the file may be truncated or corrupt") from None
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`, or a CheckpointError naming the file."""
+    if not path.is_file():
+        raise CheckpointError(path, "file is missing")
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(path, f"cannot read JSON ({err})") from None
+    if not isinstance(document, dict):
+        raise CheckpointError(path, "expected a JSON object")
+    return document

@@ -1,0 +1,89 @@
+"""Loading a policy: recognise the checkpoint's format, read it, build the model.
+
+Formats, recognised from the path:
+- native (this package, `native.py`): a directory whose `config.json` says
+  `"format": "paradigms_policy"`, with `model.safetensors`;
+- an original Diffusion Policy workspace `.ckpt`, read with a restricted unpickler
+  (`diffusion_policy.py`, `unpickler.py`);
+- a LeRobot Diffusion Policy directory (`lerobot.py`).
+
+Every failure (missing or truncated file, unknown format, shape mismatch) is raised as one
+`CheckpointError` naming the file and the problem.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..model import ConditionalUnet1D
+from ..policy import DiffusionPolicy
+from .diffusion_policy import read_dp_checkpoint
+from .errors import CONFIG_FILE, CheckpointError, PolicyWeights, read_json
+from .lerobot import read_lerobot_directory
+from .native import NATIVE_FORMAT, read_native
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """'native', 'diffusion_policy' or 'lerobot'; a CheckpointError for anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(path, "no such file or directory")
+    if path.is_file():
+        if path.suffix == ".ckpt" or _is_zip(path):
+            return "diffusion_policy"
+        raise CheckpointError(path, "unknown checkpoint format (expected a directory or a Diffusion Policy .ckpt)")
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(path, f"unknown checkpoint format: the directory has no {CONFIG_FILE}")
+    config = read_json(config_path)
+    if config.get("format") == NATIVE_FORMAT:
+        return "native"
+    if config.get("type") == "diffusion" or "input_features" in config or "input_shapes" in config:
+        return "lerobot"
+    raise CheckpointError(config_path, "unknown checkpoint format: neither a paradigms_policy nor a LeRobot diffusion config")
+
+
+def read_weights(path: str | os.PathLike) -> PolicyWeights:
+    """Read any supported checkpoint into `PolicyWeights` (no model is built)."""
+    kind = detect_format(path)
+    readers = {"native": read_native, "diffusion_policy": read_dp_checkpoint, "lerobot": read_lerobot_directory}
+    return readers[kind](Path(path))
+
+
+def build_model(weights: PolicyWeights, source: str | os.PathLike) -> ConditionalUnet1D:
+    """The U-Net with the checkpoint's weights; key or shape mismatches become a CheckpointError."""
+    model = ConditionalUnet1D.from_config(weights.config.unet)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights.unet_state_dict))
+    unexpected = sorted(set(weights.unet_state_dict) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first: {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
+        raise CheckpointError(source, "weights do not fit the configured U-Net: " + "; ".join(parts) + " parameter(s)")
+    for name, tensor in weights.unet_state_dict.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise CheckpointError(
+                source, f"shape mismatch for {name}: checkpoint {tuple(tensor.shape)}, config expects {tuple(expected[name].shape)}"
+            )
+    model.load_state_dict({name: tensor.float() for name, tensor in weights.unet_state_dict.items()})
+    return model
+
+
+def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", sampler: str = "sequential",
+                sampler_options: dict[str, Any] | None = None):
+    """A ready `DiffusionPolicy` from a native directory, a Diffusion Policy .ckpt or a LeRobot directory."""
+    weights = read_weights(path)
+    model = build_model(weights, path)
+    return DiffusionPolicy(weights.config, model, weights.obs_normalizer, weights.action_normalizer,
+                           device=device, sampler=sampler, sampler_options=sampler_options)
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PK\x03\x04"

@@ -1,0 +1,79 @@
+"""The native format: a directory with `config.json` and `model.safetensors`.
+
+`config.json` is {"format": "paradigms_policy", "format_version": 1, "policy": <PolicyConfig>,
+"normalizer": {"obs": {"scale", "offset"}, "action": {...}}, "metadata": {...}}; the weights are the
+U-Net's state dict under Diffusion Policy's names without the `model.` prefix.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from ..config import ConfigError, PolicyConfig
+from ..normalizer import AffineNormalizer
+from .errors import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, PolicyWeights, read_json, read_safetensors
+
+NATIVE_FORMAT = "paradigms_policy"
+NATIVE_FORMAT_VERSION = 1
+
+
+def save_policy(directory: str | os.PathLike, config: PolicyConfig, model: torch.nn.Module,
+                obs_normalizer: AffineNormalizer, action_normalizer: AffineNormalizer,
+                metadata: dict[str, Any] | None = None) -> Path:
+    """Write a native checkpoint. The directory is replaced only once both files are complete."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "format": NATIVE_FORMAT,
+        "format_version": NATIVE_FORMAT_VERSION,
+        "policy": config.to_dict(),
+        "normalizer": {"obs": obs_normalizer.to_dict(), "action": action_normalizer.to_dict()},
+        "metadata": metadata or {},
+    }
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        state = {name: tensor.detach().float().cpu().contiguous() for name, tensor in model.state_dict().items()}
+        save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": NATIVE_FORMAT})
+        (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
+        # mkdtemp makes a private directory; a checkpoint gets the usual permissions (it may be installed).
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)
+        for name in (WEIGHTS_FILE, CONFIG_FILE):
+            (staging / name).chmod(0o666 & ~umask)
+        if directory.exists():
+            retired = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(retired, ignore_errors=True)
+            directory.rename(retired)
+            staging.rename(directory)
+            shutil.rmtree(retired)
+        else:
+            staging.rename(directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def read_native(directory: Path) -> PolicyWeights:
+    config_path = directory / CONFIG_FILE
+    document = read_json(config_path)
+    version = document.get("format_version")
+    if version != NATIVE_FORMAT_VERSION:
+        raise CheckpointError(config_path, f"unsupported format_version {version!r} (this package reads {NATIVE_FORMAT_VERSION})")
+    try:
+        config = PolicyConfig.from_dict(document["policy"])
+        obs_normalizer = AffineNormalizer.from_dict(document["normalizer"]["obs"])
+        action_normalizer = AffineNormalizer.from_dict(document["normalizer"]["action"])
+    except KeyError as err:
+        raise CheckpointError(config_path, f"missing entry {err}") from None
+    except (ConfigError, ValueError, TypeError) as err:
+        raise CheckpointError(config_path, f"invalid configuration: {err}") from None
+    return PolicyWeights(config, read_safetensors(directory / WEIGHTS_FILE), obs_normalizer, action_normalizer,
+                         document.get("metadata", {}))
