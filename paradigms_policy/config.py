@@ -107,6 +107,11 @@ class PolicyConfig:
                 f"= {self.obs_dim * self.n_obs_steps}"
             )
 
+    @property
+    def max_executed_actions(self) -> int:
+        """Predicted actions from the newest observation's step to the end of the horizon."""
+        return self.horizon - self.n_obs_steps + 1
+
     @classmethod
     def for_shapes(cls, obs_dim: int, action_dim: int, horizon: int = 16, n_obs_steps: int = 2,
                    n_action_steps: int = 8, scheduler: SchedulerConfig | None = None, **unet_options) -> "PolicyConfig":

@@ -21,11 +21,10 @@ from diffusers.utils.torch_utils import randn_tensor
 from .config import PolicyConfig
 from .model import ConditionalUnet1D
 from .normalizer import AffineNormalizer
-from .samplers import SamplerStats, get_sampler
+from .samplers import PARALLEL_SAMPLERS, SamplerStats, get_sampler, is_parallel
 from .schedulers import make_scheduler
 
 WARM_STARTS = ("none", "temporal")
-WARM_STARTABLE = ("paradigms", "parataa")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -91,8 +90,9 @@ class DiffusionPolicy:
         """
         if warm_start not in WARM_STARTS:
             raise ValueError(f"warm_start must be one of {', '.join(WARM_STARTS)} (got {warm_start!r})")
-        if warm_start != "none" and name not in WARM_STARTABLE:
-            raise ValueError(f"warm_start={warm_start!r} needs a parallel sampler ({', '.join(WARM_STARTABLE)}), not {name!r}")
+        if warm_start != "none" and not is_parallel(name):
+            raise ValueError(f"warm_start={warm_start!r} needs a parallel sampler ({', '.join(PARALLEL_SAMPLERS)}), "
+                             f"not {name!r}")
         self.sampler = get_sampler(name)
         self.sampler_name = name
         self.sampler_options = options
@@ -142,6 +142,15 @@ class DiffusionPolicy:
         tail = previous[:, :, -1:].expand(-1, -1, executed, -1)
         return torch.cat([previous[:, :, executed:], tail], dim=2)
 
+    def executed_actions(self, horizon, count: int | None = None):
+        """The actions to execute from a predicted horizon (..., horizon, action_dim): `count` of them
+        (default n_action_steps, at most `config.max_executed_actions`) from the newest observation's step on."""
+        count = self.config.n_action_steps if count is None else count
+        if not 1 <= count <= self.config.max_executed_actions:
+            raise ValueError(f"count must be in 1..{self.config.max_executed_actions} (got {count})")
+        first = self.config.n_obs_steps - 1
+        return horizon[..., first:first + count, :]
+
     def predict(self, observations, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, **options) -> PolicyOutput:
         """Actions for an observation window (n_obs_steps, obs_dim), or a batch of them."""
@@ -158,8 +167,7 @@ class DiffusionPolicy:
         normalized, stats = self.sample_normalized(obs, noise, generator, **options)
         horizon = self.action_normalizer.unnormalize(normalized).float().cpu().numpy()
         latency = time.perf_counter() - started
-        first = self.config.n_obs_steps - 1
-        actions = horizon[:, first:first + self.config.n_action_steps]
+        actions = self.executed_actions(horizon)
         if not batched:
             actions, horizon = actions[0], horizon[0]
         return PolicyOutput(actions, horizon, normalized, stats, latency)

@@ -62,7 +62,7 @@ def run_episode(policy, seed: int, max_steps: int = MAX_EPISODE_STEPS, video_pat
                 latencies.append(output.latency_s)
                 rounds.append(output.stats.rounds)
                 evals.append(output.stats.model_evals)
-                ahead = output.action_horizon[policy.config.n_obs_steps - 1:]
+                ahead = policy.executed_actions(output.action_horizon, delay_steps + replan_every)
                 planned.update({step + j: ahead[j] for j in range(delay_steps, delay_steps + replan_every)})
             action = planned.pop(step, action)
             observation, coverage, done, _ = env.step(action)
@@ -94,7 +94,7 @@ def run_episode(policy, seed: int, max_steps: int = MAX_EPISODE_STEPS, video_pat
 def checked_replan_every(config, delay_steps: int = 0, replan_every: int | None = None) -> int:
     """replan_every (default n_action_steps) if the policy predicts enough actions for it, else a ValueError."""
     replan_every = replan_every or config.n_action_steps
-    available = config.horizon - (config.n_obs_steps - 1)  # predicted actions from the observation's step on
+    available = config.max_executed_actions
     if delay_steps < 0 or replan_every < 1 or delay_steps + replan_every > available:
         raise ValueError(f"need delay_steps >= 0, replan_every >= 1 and delay_steps + replan_every <= {available}, "
                          f"got {delay_steps} and {replan_every}")

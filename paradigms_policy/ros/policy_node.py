@@ -458,8 +458,7 @@ class PolicyNode(Node):
             self._miss("late", stamp, record, f"chunk ready {(ready - stamp) / NS_PER_MS:.1f} ms after its "
                                               f"observation, deadline {deadline_ns / NS_PER_MS:g} ms")
             return
-        first = self.policy.config.n_obs_steps - 1
-        actions = output.action_horizon[first:first + self.n_action_steps]
+        actions = self.policy.executed_actions(output.action_horizon, self.n_action_steps)
         chunk = plan_chunk(actions, stamp, ready, self.period_ns, self.action_low, self.action_high)
         if chunk is None:
             self._miss("outdated", stamp, record, "every action of the chunk was already due")

@@ -11,6 +11,17 @@ SAMPLERS: dict[str, Sampler] = {
 }
 
 
+# The windowed fixed-point solvers of the same chain. Each takes window, tolerance (in its own units:
+# see its module), max_rounds (the deadline's round cap), fixed_shape (CUDA graphs) and
+# init_trajectory (warm starts); the sequential sampler takes none of these.
+PARALLEL_SAMPLERS = ("paradigms", "parataa")
+
+
+def is_parallel(name: str) -> bool:
+    """Whether the sampler registered as `name` is a windowed parallel solver (see PARALLEL_SAMPLERS)."""
+    return name in PARALLEL_SAMPLERS
+
+
 def get_sampler(name: str) -> Sampler:
     """The sampler registered under `name`, or a ValueError listing the known names."""
     try:
@@ -19,4 +30,4 @@ def get_sampler(name: str) -> Sampler:
         raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}") from None
 
 
-__all__ = ["Denoiser", "Sampler", "SamplerStats", "SAMPLERS", "get_sampler"]
+__all__ = ["Denoiser", "Sampler", "SamplerStats", "SAMPLERS", "PARALLEL_SAMPLERS", "get_sampler", "is_parallel"]
