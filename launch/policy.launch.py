@@ -1,7 +1,7 @@
 """Start the Diffusion Policy node, and optionally the Push-T simulation, with the package's parameter files.
 
     ros2 launch paradigms_policy policy.launch.py
-    ros2 launch paradigms_policy policy.launch.py use_sim:=true sampler:=paradigms
+    ros2 launch paradigms_policy policy.launch.py use_sim:=true sampler:=sequential
     ros2 launch paradigms_policy policy.launch.py checkpoint:=/path/to/ckpt params_file:=/path/to/my.yaml
     ros2 launch paradigms_policy policy.launch.py use_sim:=true cpu_profile:=true   # no GPU
     ros2 launch paradigms_policy policy.launch.py use_sim:=true lockstep:=true      # as `eval` executes
@@ -9,7 +9,8 @@
 Arguments:
     checkpoint   policy checkpoint; empty (default) keeps the params file's value, whose empty
                  string means the shipped Push-T checkpoint
-    sampler      sequential, paradigms, ...; empty (default) keeps the params file's value
+    sampler      sequential, paradigms or parataa; empty (default) keeps the params file's value
+                 (config/policy.yaml: parataa, with each sampler's own window and tolerance)
     use_sim      also start pusht_sim_node (config/pusht_sim.yaml)
     params_file  parameter file of the policy node (default: config/policy.yaml of this package);
                  the simulation node reads config/pusht_sim.yaml and then this file, so one file
@@ -66,7 +67,7 @@ def generate_launch_description():
                               description="Policy checkpoint; empty = the params file's value "
                                           "(whose empty string means the shipped Push-T checkpoint)"),
         DeclareLaunchArgument("sampler", default_value="",
-                              description="Sampler (sequential, paradigms, ...); empty = the params file's value"),
+                              description="Sampler (sequential, paradigms, parataa); empty = the params file's value"),
         DeclareLaunchArgument("use_sim", default_value="false", choices=["true", "false", "True", "False", "1", "0"],
                               description="Also start the Push-T simulation node"),
         DeclareLaunchArgument("cpu_profile", default_value="false", choices=["true", "false", "True", "False", "1", "0"],

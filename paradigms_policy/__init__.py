@@ -1,7 +1,7 @@
 """Diffusion Policy with parallel-in-time denoising (ParaDiGMS, ParaTAA) for ROS 2 control loops.
 
 The core (model, samplers, checkpoints, policy) needs only torch, diffusers and safetensors;
-the ROS 2 nodes live in their own modules and are the only ones that import rclpy.
+the ROS 2 nodes and their glue live in `ros/`, the only folder that talks to ROS 2.
 """
 from .checkpoint import CheckpointError, load_policy, save_policy
 from .config import PolicyConfig, SchedulerConfig, UnetConfig

@@ -3,17 +3,90 @@
 `PolicyConfig` is what the native checkpoint's `config.json` holds (next to the normaliser
 statistics): the U-Net's constructor options, the horizons and the noise-scheduler settings.
 It is plain data; `to_dict`/`from_dict` round-trip it through JSON.
+
+Every value is checked for type and range when a config is made, so that a config read from a
+file can be trusted before anything is built from it: integers are integers (not bools or
+floats), sizes are positive and bounded, flags are bools, names come from fixed lists.
 """
 from __future__ import annotations
 
+import math
+import operator
+import reprlib
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 SCHEDULER_NAMES = ("ddpm", "ddim", "dpmsolver")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+MAX_WIDTH = 1 << 16  # channels, observation and action sizes
+MAX_LEVELS = 8
+MAX_KERNEL = 63
+MAX_HORIZON = 1024
+MAX_TRAIN_TIMESTEPS = 10_000
+FINAL_BLOCK_GROUPS = 8  # the U-Net's last Conv1d block keeps GroupNorm's 8 groups whatever n_groups says
 
 
 class ConfigError(ValueError):
-    """A configuration value is missing, of the wrong type or inconsistent."""
+    """A configuration value is missing, of the wrong type or inconsistent; `field` names it."""
+
+    def __init__(self, field: str, problem: str):
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field} {problem}")
+
+
+class _ShortRepr(reprlib.Repr):
+    """reprlib's bounded repr, with huge ints described rather than converted."""
+
+    def __init__(self):
+        super().__init__()
+        self.maxlevel, self.maxstring, self.maxother, self.maxlist, self.maxdict = 3, 60, 60, 6, 6
+
+    def repr_int(self, value, level):
+        if value.bit_length() > 64:  # repr of a huge int is slow or refused
+            return f"<an integer of {value.bit_length()} bits>"
+        return repr(value)
+
+
+def show(value: Any) -> str:
+    """A repr bounded in length and depth, for messages about values read from files."""
+    return _ShortRepr().repr(value)
+
+
+def integer(name: str, value: Any, low: int, high: int) -> int:
+    """`value` as an int in low..high; bools and floats are refused."""
+    if isinstance(value, bool):
+        raise ConfigError(name, f"must be an integer (got {show(value)})")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ConfigError(name, f"must be an integer (got {show(value)})") from None
+    if not low <= value <= high:
+        raise ConfigError(name, f"must be in {low}..{high} (got {show(value)})")
+    return value
+
+
+def number(name: str, value: Any, low: float, high: float) -> float:
+    """`value` as a finite float with low < value < high."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(name, f"must be a number (got {show(value)})")
+    value = float(value)
+    if not (math.isfinite(value) and low < value < high):
+        raise ConfigError(name, f"must be a finite number in ({low}, {high}) (got {show(value)})")
+    return value
+
+
+def flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(name, f"must be true or false (got {show(value)})")
+    return value
+
+
+def choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(choices)} (got {show(value)})")
+    return value
 
 
 @dataclass(frozen=True)
@@ -32,16 +105,38 @@ class UnetConfig:
     cond_predict_scale: bool = True
 
     def __post_init__(self):
-        object.__setattr__(self, "down_dims", tuple(int(d) for d in self.down_dims))
-        if not self.down_dims:
-            raise ConfigError("unet.down_dims must name at least one level")
-        for dim in self.down_dims:
+        def set_(name, value):
+            object.__setattr__(self, name, value)
+
+        set_("input_dim", integer("unet.input_dim", self.input_dim, 1, MAX_WIDTH))
+        if self.global_cond_dim is not None:
+            set_("global_cond_dim", integer("unet.global_cond_dim", self.global_cond_dim, 1, MAX_WIDTH))
+        step = integer("unet.diffusion_step_embed_dim", self.diffusion_step_embed_dim, 4, MAX_WIDTH)
+        if step % 2:
+            raise ConfigError("unet.diffusion_step_embed_dim", f"must be even (got {step})")
+        set_("diffusion_step_embed_dim", step)
+        set_("n_groups", integer("unet.n_groups", self.n_groups, 1, MAX_WIDTH))
+        set_("down_dims", self._checked_down_dims())
+        kernel = integer("unet.kernel_size", self.kernel_size, 1, MAX_KERNEL)
+        if kernel % 2 == 0:
+            raise ConfigError("unet.kernel_size", f"must be odd (got {kernel})")
+        set_("kernel_size", kernel)
+        set_("cond_predict_scale", flag("unet.cond_predict_scale", self.cond_predict_scale))
+
+    def _checked_down_dims(self) -> tuple[int, ...]:
+        """down_dims as a tuple of 1..MAX_LEVELS widths, each divisible by n_groups (checked before)."""
+        dims = self.down_dims
+        if not isinstance(dims, (list, tuple)) or not 1 <= len(dims) <= MAX_LEVELS:
+            raise ConfigError("unet.down_dims", f"must be a list of 1..{MAX_LEVELS} channel counts (got {show(dims)})")
+        dims = tuple(integer(f"unet.down_dims[{i}]", d, 1, MAX_WIDTH) for i, d in enumerate(dims))
+        for index, dim in enumerate(dims):
             if dim % self.n_groups:
-                raise ConfigError(f"unet.down_dims entry {dim} is not divisible by n_groups={self.n_groups}")
-        if self.kernel_size % 2 == 0:
-            raise ConfigError(f"unet.kernel_size must be odd (got {self.kernel_size})")
-        if self.diffusion_step_embed_dim % 2 or self.diffusion_step_embed_dim < 4:
-            raise ConfigError("unet.diffusion_step_embed_dim must be an even number >= 4")
+                raise ConfigError(f"unet.down_dims[{index}]", f"= {dim} is not divisible by unet.n_groups = "
+                                                              f"{self.n_groups}")
+        if dims[0] % FINAL_BLOCK_GROUPS:
+            raise ConfigError("unet.down_dims[0]", f"= {dims[0]} is not divisible by {FINAL_BLOCK_GROUPS} "
+                                                   "(the final block's GroupNorm groups)")
+        return dims
 
 
 @dataclass(frozen=True)
@@ -66,13 +161,27 @@ class SchedulerConfig:
     steps_offset: int = 0
 
     def __post_init__(self):
-        if self.name not in SCHEDULER_NAMES:
-            raise ConfigError(f"scheduler.name must be one of {', '.join(SCHEDULER_NAMES)} (got {self.name!r})")
-        if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
-            raise ConfigError(
-                f"scheduler.num_inference_steps must be in 1..{self.num_train_timesteps} "
-                f"(got {self.num_inference_steps})"
-            )
+        def set_(name, value):
+            object.__setattr__(self, name, value)
+
+        choice("scheduler.name", self.name, SCHEDULER_NAMES)
+        train = integer("scheduler.num_train_timesteps", self.num_train_timesteps, 1, MAX_TRAIN_TIMESTEPS)
+        set_("num_train_timesteps", train)
+        set_("num_inference_steps", integer("scheduler.num_inference_steps", self.num_inference_steps, 1, train))
+        set_("beta_start", number("scheduler.beta_start", self.beta_start, 0.0, 1.0))
+        set_("beta_end", number("scheduler.beta_end", self.beta_end, 0.0, 1.0))
+        if self.beta_end < self.beta_start:
+            raise ConfigError("scheduler.beta_end", f"= {self.beta_end} is below scheduler.beta_start = "
+                                                    f"{self.beta_start}")
+        choice("scheduler.beta_schedule", self.beta_schedule, BETA_SCHEDULES)
+        flag("scheduler.clip_sample", self.clip_sample)
+        set_("clip_sample_range", number("scheduler.clip_sample_range", self.clip_sample_range, 0.0, math.inf))
+        choice("scheduler.prediction_type", self.prediction_type, PREDICTION_TYPES)
+        flag("scheduler.set_alpha_to_one", self.set_alpha_to_one)
+        set_("steps_offset", integer("scheduler.steps_offset", self.steps_offset, 0, train - 1))
+
+
+_HORIZON_FIELDS = ("horizon", "n_obs_steps", "n_action_steps")
 
 
 @dataclass(frozen=True)
@@ -88,24 +197,25 @@ class PolicyConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self):
-        for name in ("obs_dim", "action_dim", "horizon", "n_obs_steps", "n_action_steps"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer (got {getattr(self, name)!r})")
+        for name in ("obs_dim", "action_dim"):
+            object.__setattr__(self, name, integer(name, getattr(self, name), 1, MAX_WIDTH))
+        for name in _HORIZON_FIELDS:
+            object.__setattr__(self, name, integer(name, getattr(self, name), 1, MAX_HORIZON))
+        if not isinstance(self.unet, UnetConfig) or not isinstance(self.scheduler, SchedulerConfig):
+            raise ConfigError("unet/scheduler", "must be a UnetConfig and a SchedulerConfig")
         if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
-            raise ConfigError(
-                f"n_obs_steps - 1 + n_action_steps = {self.n_obs_steps - 1 + self.n_action_steps} "
-                f"exceeds the horizon {self.horizon}"
-            )
+            raise ConfigError("n_action_steps", f"{self.n_action_steps}: n_obs_steps - 1 + n_action_steps = "
+                                                f"{self.n_obs_steps - 1 + self.n_action_steps} exceeds the horizon "
+                                                f"{self.horizon}")
         levels = len(self.unet.down_dims) - 1
         if self.horizon % (2**levels):
-            raise ConfigError(f"horizon {self.horizon} must be divisible by 2**{levels} for {len(self.unet.down_dims)} U-Net levels")
+            raise ConfigError("horizon", f"{self.horizon} must be divisible by 2**{levels} for "
+                                         f"{len(self.unet.down_dims)} U-Net levels")
         if self.unet.input_dim != self.action_dim:
-            raise ConfigError(f"unet.input_dim {self.unet.input_dim} != action_dim {self.action_dim}")
+            raise ConfigError("unet.input_dim", f"{self.unet.input_dim} != action_dim {self.action_dim}")
         if self.unet.global_cond_dim != self.obs_dim * self.n_obs_steps:
-            raise ConfigError(
-                f"unet.global_cond_dim {self.unet.global_cond_dim} != obs_dim x n_obs_steps "
-                f"= {self.obs_dim * self.n_obs_steps}"
-            )
+            raise ConfigError("unet.global_cond_dim", f"{self.unet.global_cond_dim} != obs_dim x n_obs_steps "
+                                                      f"= {self.obs_dim * self.n_obs_steps}")
 
     @property
     def max_executed_actions(self) -> int:
@@ -131,18 +241,23 @@ class PolicyConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PolicyConfig":
-        try:
-            unet = _build(UnetConfig, data.get("unet", {}), "unet")
-            scheduler = _build(SchedulerConfig, data.get("scheduler", {}), "scheduler")
-            top = {k: v for k, v in data.items() if k not in ("unet", "scheduler")}
-            return _build(cls, top, "policy", unet=unet, scheduler=scheduler)
-        except TypeError as err:
-            raise ConfigError(str(err)) from None
+        """A config from `to_dict`'s layout; unknown keys and wrong types are a ConfigError."""
+        section = _section(data, "policy")
+        unet = _build(UnetConfig, _section(section.get("unet", {}), "unet"), "unet")
+        scheduler = _build(SchedulerConfig, _section(section.get("scheduler", {}), "scheduler"), "scheduler")
+        top = {k: v for k, v in section.items() if k not in ("unet", "scheduler")}
+        return _build(cls, top, "policy", unet=unet, scheduler=scheduler)
+
+
+def _section(values: Any, name: str) -> dict[str, Any]:
+    if not isinstance(values, dict):
+        raise ConfigError(name, f"must be an object (got {show(values)})")
+    return values
 
 
 def _build(kind, values: dict[str, Any], section: str, **extra):
     known = {f.name for f in fields(kind)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(str(key) for key in set(values) - known)
     if unknown:
-        raise ConfigError(f"unknown {section} setting(s): {', '.join(unknown)}")
+        raise ConfigError(section, f"has unknown setting(s): {show(unknown)}")
     return kind(**values, **extra)

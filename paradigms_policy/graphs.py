@@ -12,6 +12,11 @@ replays them with one call. `CapturedDenoiser` wraps `ConditionalUnet1D.denoise`
 
 The sequential sampler needs one graph (B rows), a fixed-shape parallel window one more
 (window x B rows). Off CUDA it is the plain eager call, so CPU code paths are unchanged.
+
+`CapturedChainLoop` goes further for the sequential chain: with the noise of every step drawn up
+front, all T steps (denoiser calls and updates) are one graph, replayed with one call per chunk.
+`compiled_denoiser` is the `torch.compile` alternative (its "reduce-overhead" mode also uses
+CUDA graphs).
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from .samplers.chain import DenoisingChain
 
 WARMUP_CALLS = 3
 
@@ -77,3 +84,58 @@ class CapturedDenoiser:
             output = self.denoise(static_sample, static_timesteps, static_condition)
         self._pool = graph.pool()
         return _CapturedShape(graph, static_sample, static_timesteps, static_condition, output, condition)
+
+
+class CapturedChainLoop:
+    """The whole sequential chain x_{i+1} = f_i(x_i, eps(x_i, t_i)) + n_i as one CUDA graph (eager off CUDA).
+
+    `__call__(noise, noise_terms, condition)` takes the initial state x_0 (B, horizon, action_dim),
+    the per-step noise n_i (T, B, ...) from `DenoisingChain.draw_noise` and the FiLM condition, and
+    returns x_T: the same arithmetic as `paradigms` with window 1, so eagerly it is the sequential
+    answer bit for bit. The returned tensor is a static buffer, valid until the next call.
+    """
+
+    def __init__(self, denoise: Callable[..., torch.Tensor], chain: DenoisingChain):
+        self.denoise = denoise
+        self.chain = chain
+        self.indices = torch.arange(chain.num_steps, device=chain.timesteps.device)
+        self._graphs: dict[tuple, tuple] = {}
+
+    @torch.no_grad()
+    def __call__(self, noise: torch.Tensor, noise_terms: torch.Tensor, condition: list[torch.Tensor]) -> torch.Tensor:
+        if noise.device.type != "cuda":
+            return self._loop(noise, noise_terms, condition)
+        key = (tuple(noise.shape), noise.dtype, tuple(tuple(c.shape) for c in condition))
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(noise, noise_terms, condition)
+        graph, inputs, output = self._graphs[key]
+        for static, value in zip(inputs, (noise, noise_terms, *condition)):
+            static.copy_(value)
+        graph.replay()
+        return output
+
+    def _loop(self, x: torch.Tensor, noise_terms: torch.Tensor, condition: list[torch.Tensor]) -> torch.Tensor:
+        for i in range(self.chain.num_steps):
+            step = self.indices[i:i + 1]
+            eps = self.denoise(x, self.chain.timesteps[i].expand(x.shape[0]), condition)
+            x = self.chain.mean_step(x[None], eps[None], step)[0] + noise_terms[i]
+        return x
+
+    def _capture(self, noise: torch.Tensor, noise_terms: torch.Tensor, condition: list[torch.Tensor]) -> tuple:
+        inputs = [value.clone() for value in (noise, noise_terms, *condition)]
+        static_noise, static_terms, *static_condition = inputs
+        side = torch.cuda.Stream(device=noise.device)
+        side.wait_stream(torch.cuda.current_stream(noise.device))
+        with torch.cuda.stream(side):
+            self._loop(static_noise, static_terms, static_condition)
+        torch.cuda.current_stream(noise.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = self._loop(static_noise, static_terms, static_condition)
+        return graph, inputs, output
+
+
+def compiled_denoiser(denoise: Callable[..., torch.Tensor], mode: str = "reduce-overhead",
+                      backend: str = "inductor") -> Callable[..., torch.Tensor]:
+    """`denoise` through `torch.compile` (shapes static: one compilation per batch shape)."""
+    return torch.compile(denoise, mode=mode if backend == "inductor" else None, backend=backend, dynamic=False)

@@ -63,13 +63,13 @@ class DiffusionPolicy:
         self.obs_normalizer = obs_normalizer
         self.action_normalizer = action_normalizer
         self.scheduler = make_scheduler(config.scheduler)
-        self._captured = None
+        self._accelerated = None
         self.set_sampler(sampler, **(sampler_options or {}))
 
     @property
     def denoiser(self):
-        """The network call the samplers use: CUDA-graph replays once enabled, else the eager model."""
-        return self._captured if self._captured is not None else self.model.denoise
+        """The network call the samplers use: CUDA-graph replays or a compiled call once enabled, else eager."""
+        return self._accelerated if self._accelerated is not None else self.model.denoise
 
     def use_cuda_graphs(self, enabled: bool = True) -> bool:
         """Replay the denoiser from CUDA graphs (captured per batch shape on first use).
@@ -78,8 +78,14 @@ class DiffusionPolicy:
         """
         from .graphs import CapturedDenoiser
 
-        self._captured = CapturedDenoiser(self.model.denoise) if enabled and self.device.type == "cuda" else None
-        return self._captured is not None
+        self._accelerated = CapturedDenoiser(self.model.denoise) if enabled and self.device.type == "cuda" else None
+        return self._accelerated is not None
+
+    def use_compiled(self, mode: str = "reduce-overhead", backend: str = "inductor") -> None:
+        """Call the denoiser through `torch.compile` (on CUDA, "reduce-overhead" also replays CUDA graphs)."""
+        from .graphs import compiled_denoiser
+
+        self._accelerated = compiled_denoiser(self.model.denoise, mode, backend)
 
     def set_sampler(self, name: str, warm_start: str = "none", **options) -> None:
         """Use the sampler registered as `name`, with its keyword options (e.g. window, tolerance).
@@ -150,6 +156,18 @@ class DiffusionPolicy:
             raise ValueError(f"count must be in 1..{self.config.max_executed_actions} (got {count})")
         first = self.config.n_obs_steps - 1
         return horizon[..., first:first + count, :]
+
+    def commitment(self, actions, first_position: int) -> dict[str, Any]:
+        """Sampler options that hold consecutive raw actions (n, action_dim), or (B, n, action_dim), at horizon
+        positions first_position .. first_position + n - 1 (hard inpainting, `samplers/inpainting.py`)."""
+        actions = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device)
+        if actions.ndim == 2:
+            actions = actions[None]
+        if not 0 <= first_position <= self.config.horizon - actions.shape[1]:
+            raise ValueError(f"{actions.shape[1]} committed actions from position {first_position} do not fit the "
+                             f"horizon of {self.config.horizon}")
+        return {"committed_actions": self.action_normalizer.normalize(actions),
+                "committed_positions": list(range(first_position, first_position + actions.shape[1]))}
 
     def predict(self, observations, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, **options) -> PolicyOutput:

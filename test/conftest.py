@@ -1,7 +1,12 @@
-"""Shared fixtures: small randomly initialised models keep the suite fast on a 2-core CPU."""
+"""Shared fixtures: small randomly initialised models keep the suite fast on a 2-core CPU.
+
+Tests take these as fixtures. The plain functions below stay importable (`from conftest import
+small_model`) for the test files that still call them directly.
+"""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +19,7 @@ from paradigms_policy.normalizer import AffineNormalizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMALL_UNET = dict(down_dims=(16, 32), diffusion_step_embed_dim=16, kernel_size=5, n_groups=8)
+STANDARD_SCHEDULERS = ("ddpm100", "ddpm15-trailing", "ddim15")
 
 
 def small_config(scheduler: SchedulerConfig | None = None) -> PolicyConfig:
@@ -39,11 +45,6 @@ def shared_zarr_path() -> Path:
     return path
 
 
-@pytest.fixture
-def pusht_zarr() -> Path:
-    return shared_zarr_path()
-
-
 def standard_schedulers() -> dict:
     """DDPM as Diffusion Policy uses it, DDPM with a coarse offset spacing (the public batched step's
     fixed-stride defect) and DDIM without alpha=1 at the end (the public final-alpha defect)."""
@@ -57,4 +58,95 @@ def standard_schedulers() -> dict:
     coarse_ddpm.set_timesteps(15)
     ddim = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", set_alpha_to_one=False)
     ddim.set_timesteps(15)
-    return {"ddpm100": ddpm, "ddpm15-trailing": coarse_ddpm, "ddim15": ddim}
+    return dict(zip(STANDARD_SCHEDULERS, (ddpm, coarse_ddpm, ddim)))
+
+
+@dataclass
+class SamplingProblem:
+    """A small model, a batch of encoded conditions and the initial noise x_T (B, 16, 2)."""
+
+    model: ConditionalUnet1D
+    observation: torch.Tensor  # the raw condition (B, 40)
+    condition: object  # the model's encoded condition
+    noise: torch.Tensor
+
+    def run(self, sampler, scheduler, seed: int = 1, denoiser=None, **options):
+        """`sampler` on this problem with the step noise drawn from a generator seeded `seed`."""
+        return sampler(denoiser or self.model.denoise, scheduler, self.noise, self.condition,
+                       generator=torch.Generator().manual_seed(seed), **options)
+
+    def sequential_trajectory(self, scheduler, seed: int = 1) -> torch.Tensor:
+        """x_T .. x_0 (T+1, B, 16, 2) of the plain diffusers loop with the step noise seeded `seed`."""
+        generator = torch.Generator().manual_seed(seed)
+        states = [self.noise]
+        with torch.no_grad():
+            for t in scheduler.timesteps:
+                eps = self.model.denoise(states[-1], t, self.condition)
+                states.append(scheduler.step(eps, t, states[-1], generator=generator).prev_sample)
+        return torch.stack(states)
+
+
+def sampling_problem(seed: int = 0, batch: int = 2) -> SamplingProblem:
+    model = small_model(seed)
+    torch.manual_seed(seed + 100)
+    observation = torch.randn(batch, 40)
+    return SamplingProblem(model, observation, model.encode_condition(observation), torch.randn(batch, 16, 2))
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture
+def policy_config() -> PolicyConfig:
+    """The small U-Net's policy configuration (obs dim 20, action dim 2, DDPM-100)."""
+    return small_config()
+
+
+@pytest.fixture
+def model(policy_config) -> ConditionalUnet1D:
+    """The small U-Net of `policy_config`, seed 0."""
+    return small_model(config=policy_config)
+
+
+@pytest.fixture
+def normalizers() -> tuple[AffineNormalizer, AffineNormalizer]:
+    return pixel_normalizers()
+
+
+@pytest.fixture
+def schedulers() -> dict:
+    """Every standard scheduler by name (STANDARD_SCHEDULERS), timesteps set."""
+    return standard_schedulers()
+
+
+@pytest.fixture(params=STANDARD_SCHEDULERS)
+def standard_scheduler(request):
+    """Each standard scheduler in turn."""
+    return standard_schedulers()[request.param]
+
+
+@pytest.fixture
+def make_problem():
+    """The factory `sampling_problem(seed=0, batch=2)`."""
+    return sampling_problem
+
+
+@pytest.fixture
+def problem() -> SamplingProblem:
+    return sampling_problem()
+
+
+@pytest.fixture(scope="session")
+def pusht_zarr() -> Path:
+    """The shared Push-T demonstrations, or a skip (see shared_zarr_path)."""
+    return shared_zarr_path()
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, policy_config, model, normalizers) -> Path:
+    """The small model saved as a checkpoint of the native format."""
+    from paradigms_policy.checkpoint import save_policy
+
+    return save_policy(tmp_path / "tiny", policy_config, model, *normalizers)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from ..config import PolicyConfig
+from ..config import ConfigError, PolicyConfig
 from ..normalizer import AffineNormalizer
 
 CONFIG_FILE = "config.json"
@@ -37,7 +38,13 @@ class PolicyWeights:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def invalid_config(path: Path, err: ConfigError, rename: Callable[[str], str]) -> CheckpointError:
+    """A CheckpointError for `err` whose field is named as the file names it (`rename`: our field -> that name)."""
+    return CheckpointError(path, f"invalid configuration: {rename(err.field)} {err.problem}")
+
+
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (the format checks that they tile the file exactly), or a CheckpointError."""
     if not path.is_file():
         raise CheckpointError(path, "weights file is missing")
     try:
@@ -52,8 +59,10 @@ def read_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(path, "file is missing")
     try:
         document = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, ValueError) as err:  # ValueError: bad JSON, or an int of > 4300 digits
         raise CheckpointError(path, f"cannot read JSON ({err})") from None
+    except RecursionError:
+        raise CheckpointError(path, "cannot read JSON: nested too deeply") from None
     if not isinstance(document, dict):
         raise CheckpointError(path, "expected a JSON object")
     return document

@@ -30,18 +30,18 @@ LeRobot unnormalises actions with (y + 1) / 2 * (max - min) + min (buffers) or t
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import ConfigError, PolicyConfig, SchedulerConfig, UnetConfig
+from ..config import (MAX_HORIZON, MAX_WIDTH, ConfigError, PolicyConfig, SchedulerConfig, UnetConfig, integer, number,
+                      show)
 from ..normalizer import AffineNormalizer
-from .errors import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, PolicyWeights, read_json, read_safetensors
-
-__all__ = ["read_lerobot_directory", "lerobot_to_native_key", "native_to_lerobot_key"]
+from .errors import (CONFIG_FILE, WEIGHTS_FILE, CheckpointError, PolicyWeights, invalid_config, read_json,
+                     read_safetensors)
+from .weights import check_weights
 
 UNET_PREFIX = "diffusion.unet."
 STATE_KEY = "observation.state"
@@ -81,51 +81,20 @@ def lerobot_to_native_key(key: str) -> str:
     return _SAMPLING_LAYER.sub(r"\1.conv.\2", key)
 
 
-def native_to_lerobot_key(key: str) -> str:
-    """The inverse of `lerobot_to_native_key`, prefix included (for writing LeRobot-style files in tests)."""
-    key = re.sub(r"^((?:down|up)_modules\.\d+\.2)\.conv\.(weight|bias)$", r"\1.\2", key)
-    key = re.sub(r"\.blocks\.0\.", ".conv1.", key)
-    key = re.sub(r"\.blocks\.1\.", ".conv2.", key)
-    return UNET_PREFIX + key
-
-
 def read_lerobot_directory(path: Path) -> PolicyWeights:
     """`PolicyWeights` from a LeRobot diffusion policy directory; every problem is a `CheckpointError`."""
     path = Path(path)
     config_path = path / CONFIG_FILE
     document = read_json(config_path)
     if document.get("type", "diffusion") != "diffusion":
-        raise CheckpointError(config_path, f"policy type {document.get('type')!r} is not supported "
+        raise CheckpointError(config_path, f"policy type {show(document.get('type'))} is not supported "
                                            "(expected 'diffusion')")
-    settings = dict(LEROBOT_DEFAULTS)
-    settings.update({key: value for key, value in document.items()
-                     if key in LEROBOT_DEFAULTS and (value is not None or key == "num_inference_steps")})
-
-    features = _features(config_path, document)
-    for name, feature in features.items():
-        if name.startswith("observation.image") or feature["type"] == "VISUAL":
-            raise CheckpointError(config_path, f"image feature {name!r} is not supported; only low-dim policies "
-                                               f"({STATE_KEY} and {ENV_KEY}) are")
-    if STATE_KEY not in features:
-        raise CheckpointError(config_path, f"the input features lack {STATE_KEY!r}")
-    if ACTION_KEY not in features:
-        raise CheckpointError(config_path, f"the output features lack {ACTION_KEY!r}")
-    obs_keys = [STATE_KEY] + ([ENV_KEY] if ENV_KEY in features else [])
-    for name in obs_keys + [ACTION_KEY]:
-        features[name]["dim"] = _flat_size(config_path, features[name]["where"], features[name]["shape"])
+    features, obs_keys = _low_dim_features(config_path, document)
     obs_dim = sum(features[k]["dim"] for k in obs_keys)
     action_dim = features[ACTION_KEY]["dim"]
-
-    weights_path = path / WEIGHTS_FILE
-    tensors = read_safetensors(weights_path)
-    if any(key.startswith("diffusion.rgb_encoder.") for key in tensors):
-        raise CheckpointError(weights_path, "the weights contain an image encoder; only low-dim policies are supported")
-    unet_state = {lerobot_to_native_key(key[len(UNET_PREFIX):]): value
-                  for key, value in tensors.items() if key.startswith(UNET_PREFIX)}
-    if not unet_state:
-        raise CheckpointError(weights_path, f"no U-Net weights (keys starting with {UNET_PREFIX!r})")
-
-    config = _policy_config(config_path, settings, obs_dim, action_dim)
+    tensors, unet_state = _unet_weights(path / WEIGHTS_FILE)
+    config = _policy_config(config_path, _settings(document), obs_dim, action_dim)
+    check_weights(path, config.unet, unet_state, _lerobot_name)
     modes, eps, stats, stats_source = _statistics(path, document, tensors, features)
     obs_normalizer = _normalizer(stats_source, [_affine(stats_source, stats, key, modes[key], eps, features[key]["dim"])
                                                 for key in obs_keys])
@@ -143,76 +112,124 @@ def read_lerobot_directory(path: Path) -> PolicyWeights:
     return PolicyWeights(config, unet_state, obs_normalizer, action_normalizer, metadata)
 
 
+def _settings(document: dict[str, Any]) -> dict[str, Any]:
+    """config.json's model and scheduler settings, LeRobot's defaults where it omits them."""
+    settings = dict(LEROBOT_DEFAULTS)
+    settings.update({key: value for key, value in document.items()
+                     if key in LEROBOT_DEFAULTS and (value is not None or key == "num_inference_steps")})
+    return settings
+
+
+def _low_dim_features(config_path: Path, document: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The features with each used one's flat size ("dim"), and the observation keys in condition order;
+    image features are refused."""
+    features = _features(config_path, document)
+    for name, feature in features.items():
+        if name.startswith("observation.image") or feature["type"] == "VISUAL":
+            raise CheckpointError(config_path, f"image feature {show(name)} is not supported; only low-dim policies "
+                                               f"({STATE_KEY} and {ENV_KEY}) are")
+    if STATE_KEY not in features:
+        raise CheckpointError(config_path, f"the input features lack {STATE_KEY!r}")
+    if ACTION_KEY not in features:
+        raise CheckpointError(config_path, f"the output features lack {ACTION_KEY!r}")
+    obs_keys = [STATE_KEY] + ([ENV_KEY] if ENV_KEY in features else [])
+    for name in obs_keys + [ACTION_KEY]:
+        features[name]["dim"] = _flat_size(config_path, features[name]["where"], features[name]["shape"])
+    return features, obs_keys
+
+
+def _unet_weights(weights_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(every tensor of model.safetensors, the U-Net's under Diffusion Policy's names)."""
+    tensors = read_safetensors(weights_path)
+    if any(key.startswith("diffusion.rgb_encoder.") for key in tensors):
+        raise CheckpointError(weights_path, "the weights contain an image encoder; only low-dim policies are supported")
+    unet_state = {lerobot_to_native_key(key[len(UNET_PREFIX):]): value
+                  for key, value in tensors.items() if key.startswith(UNET_PREFIX)}
+    if not unet_state:
+        raise CheckpointError(weights_path, f"no U-Net weights (keys starting with {UNET_PREFIX!r})")
+    return tensors, unet_state
+
+
 def _features(config_path: Path, document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{name: {"type": STATE/ENV/VISUAL/ACTION, "shape", "where", "mode": v1 mode or None}}."""
     features: dict[str, dict[str, Any]] = {}
     if "input_features" in document or "output_features" in document:
         for section in ("input_features", "output_features"):
-            entries = document.get(section) or {}
-            if not isinstance(entries, dict):
-                raise CheckpointError(config_path, f"{section} must be an object")
-            for name, entry in entries.items():
+            for name, entry in _object(config_path, document, section).items():
                 if not isinstance(entry, dict) or "shape" not in entry:
                     raise CheckpointError(config_path, f"{section}.{name} has no shape")
-                kind = entry.get("type") or ("ACTION" if name == ACTION_KEY else "STATE" if name == STATE_KEY else
-                                             "ENV" if name == ENV_KEY else "VISUAL" if "image" in name else "UNKNOWN")
-                features[name] = {"type": str(kind).upper(), "shape": entry["shape"], "where": f"{section}.{name}",
-                                  "mode": None}
+                features[name] = {"type": str(entry.get("type") or _default_type(name)).upper(),
+                                  "shape": entry["shape"], "where": f"{section}.{name}", "mode": None}
         return features
     if "input_shapes" in document or "output_shapes" in document:  # LeRobot < 0.2 configuration
-        modes = {**(document.get("input_normalization_modes") or {}), **(document.get("output_normalization_modes") or {})}
+        modes = {**_object(config_path, document, "input_normalization_modes"),
+                 **_object(config_path, document, "output_normalization_modes")}
         for section in ("input_shapes", "output_shapes"):
-            for name, shape in (document.get(section) or {}).items():
-                kind = ("ACTION" if name == ACTION_KEY else "STATE" if name == STATE_KEY else "ENV" if name == ENV_KEY
-                        else "VISUAL" if "image" in name else "UNKNOWN")
-                mode = str(modes.get(name, "IDENTITY")).upper()
-                features[name] = {"type": kind, "shape": shape, "where": f"{section}.{name}", "mode": mode}
+            for name, shape in _object(config_path, document, section).items():
+                features[name] = {"type": _default_type(name), "shape": shape, "where": f"{section}.{name}",
+                                  "mode": str(modes.get(name, "IDENTITY")).upper()}
         return features
     raise CheckpointError(config_path, "no input_features/output_features (or input_shapes/output_shapes) entries")
 
 
+def _object(config_path: Path, document: dict[str, Any], key: str) -> dict[str, Any]:
+    value = document.get(key) or {}
+    if not isinstance(value, dict):
+        raise CheckpointError(config_path, f"{key} must be an object (got {show(value)})")
+    return value
+
+
+def _default_type(name: str) -> str:
+    """The feature type LeRobot gives a feature by its name."""
+    by_name = {ACTION_KEY: "ACTION", STATE_KEY: "STATE", ENV_KEY: "ENV"}
+    return by_name.get(name, "VISUAL" if "image" in name else "UNKNOWN")
+
+
 def _flat_size(config_path: Path, where: str, shape) -> int:
-    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise CheckpointError(config_path, f"{where}.shape = {shape!r} is not a list of positive integers")
-    if len(shape) != 1:
-        raise CheckpointError(config_path, f"{where}.shape = {shape!r}: only flat (1-D) features are supported")
-    return shape[0]
+    """The size of a flat feature from its `shape` entry ([n])."""
+    if not isinstance(shape, list) or len(shape) != 1:
+        raise CheckpointError(config_path, f"{where}.shape = {show(shape)}: only flat (1-D) features are supported")
+    try:
+        return integer(f"{where}.shape[0]", shape[0], 1, MAX_WIDTH)
+    except ConfigError as err:
+        raise CheckpointError(config_path, str(err)) from None
+
+
+# config.json's names for the PolicyConfig fields whose names differ beyond the section prefix.
+_LEROBOT_NAMES = {"unet.cond_predict_scale": "use_film_scale_modulation", "scheduler.name": "noise_scheduler_type",
+                  "unet.input_dim": "the action feature's shape",
+                  "unet.global_cond_dim": "n_obs_steps x the observation features' size"}
+
+
+def _lerobot_name(field: str) -> str:
+    base, bracket, rest = field.partition("[")
+    return _LEROBOT_NAMES.get(base, base.rsplit(".", 1)[-1]) + bracket + rest
 
 
 def _policy_config(config_path: Path, settings: dict[str, Any], obs_dim: int, action_dim: int) -> PolicyConfig:
-    scheduler_type = str(settings["noise_scheduler_type"]).upper()
-    if scheduler_type not in SCHEDULER_NAMES:
-        raise CheckpointError(config_path, f"noise_scheduler_type {settings['noise_scheduler_type']!r} is not supported "
-                                           f"(expected DDPM or DDIM)")
-    num_train = settings["num_train_timesteps"]
-    num_inference = settings["num_inference_steps"]
+    """PolicyConfig from config.json's settings (LeRobot's defaults filled in); values are passed on as read, so
+    a wrong type or range is refused by the config, named as config.json names it."""
+    scheduler_type = settings["noise_scheduler_type"]
+    if not isinstance(scheduler_type, str) or scheduler_type.upper() not in SCHEDULER_NAMES:
+        raise CheckpointError(config_path, f"noise_scheduler_type {show(scheduler_type)} is not supported "
+                                           "(expected DDPM or DDIM)")
+    num_train, num_inference = settings["num_train_timesteps"], settings["num_inference_steps"]
     try:
         scheduler = SchedulerConfig(
-            name=SCHEDULER_NAMES[scheduler_type],
-            num_train_timesteps=int(num_train),
-            num_inference_steps=int(num_train if num_inference is None else num_inference),
-            beta_start=float(settings["beta_start"]),
-            beta_end=float(settings["beta_end"]),
-            beta_schedule=str(settings["beta_schedule"]),
-            clip_sample=bool(settings["clip_sample"]),
-            clip_sample_range=float(settings["clip_sample_range"]),
-            prediction_type=str(settings["prediction_type"]),
-        )
-        n_obs_steps = int(settings["n_obs_steps"])
-        unet = UnetConfig(
-            input_dim=action_dim,
-            global_cond_dim=obs_dim * n_obs_steps,
-            diffusion_step_embed_dim=int(settings["diffusion_step_embed_dim"]),
-            down_dims=tuple(int(d) for d in settings["down_dims"]),
-            kernel_size=int(settings["kernel_size"]),
-            n_groups=int(settings["n_groups"]),
-            cond_predict_scale=bool(settings["use_film_scale_modulation"]),
-        )
-        return PolicyConfig(obs_dim=obs_dim, action_dim=action_dim, horizon=int(settings["horizon"]),
-                            n_obs_steps=n_obs_steps, n_action_steps=int(settings["n_action_steps"]),
+            name=SCHEDULER_NAMES[scheduler_type.upper()], num_train_timesteps=num_train,
+            num_inference_steps=num_train if num_inference is None else num_inference,
+            **{name: settings[name] for name in ("beta_start", "beta_end", "beta_schedule", "clip_sample",
+                                                 "clip_sample_range", "prediction_type")})
+        n_obs_steps = integer("n_obs_steps", settings["n_obs_steps"], 1, MAX_HORIZON)
+        unet = UnetConfig(input_dim=action_dim, global_cond_dim=obs_dim * n_obs_steps,
+                          cond_predict_scale=settings["use_film_scale_modulation"],
+                          **{name: settings[name] for name in ("diffusion_step_embed_dim", "down_dims", "kernel_size",
+                                                               "n_groups")})
+        return PolicyConfig(obs_dim=obs_dim, action_dim=action_dim, horizon=settings["horizon"],
+                            n_obs_steps=n_obs_steps, n_action_steps=settings["n_action_steps"],
                             unet=unet, scheduler=scheduler)
-    except (ConfigError, TypeError, ValueError) as err:
-        raise CheckpointError(config_path, f"invalid policy configuration: {err}") from None
+    except ConfigError as err:
+        raise invalid_config(config_path, err, _lerobot_name) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,20 +273,16 @@ def _statistics(directory: Path, document: dict[str, Any], tensors: dict[str, to
 def _pipeline_settings(directory: Path, document: dict[str, Any]) -> tuple[dict[str, str], float]:
     """norm_map and eps of the processor pipeline's normaliser step, else config.json's mapping and 1e-8."""
     for pipeline in sorted(directory.glob("*preprocessor*.json")):
-        try:
-            steps = json.loads(pipeline.read_text()).get("steps", [])
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            continue
+        steps = read_json(pipeline).get("steps", [])
         for step in steps if isinstance(steps, list) else []:
             if isinstance(step, dict) and "normalizer" in str(step.get("registry_name", "")) and \
                     isinstance(step.get("config"), dict):
                 config = step["config"]
                 norm_map = _norm_map(config.get("norm_map", document.get("normalization_mapping")), pipeline)
                 try:
-                    eps = float(config.get("eps", BUFFER_EPS))
-                except (TypeError, ValueError):
-                    raise CheckpointError(pipeline, f"normaliser eps {config.get('eps')!r} is not a number") from None
-                return norm_map, eps
+                    return norm_map, number("normaliser eps", config.get("eps", BUFFER_EPS), 0.0, 1.0)
+                except ConfigError as err:
+                    raise CheckpointError(pipeline, str(err)) from None
     return _norm_map(document.get("normalization_mapping"), directory / CONFIG_FILE), BUFFER_EPS
 
 

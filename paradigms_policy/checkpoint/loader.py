@@ -3,12 +3,12 @@
 Formats, recognised from the path:
 - native (this package, `native.py`): a directory whose `config.json` says
   `"format": "paradigms_policy"`, with `model.safetensors`;
-- an original Diffusion Policy workspace `.ckpt`, read with a restricted unpickler
-  (`diffusion_policy.py`, `unpickler.py`);
+- an original Diffusion Policy workspace `.ckpt`, read without running pickled code
+  (`diffusion_policy.py`, `dp_cfg.py`, `unpickler.py`);
 - a LeRobot Diffusion Policy directory (`lerobot.py`).
 
-Every failure (missing or truncated file, unknown format, shape mismatch) is raised as one
-`CheckpointError` naming the file and the problem.
+Every failure (missing or truncated file, unknown format, invalid setting, shape mismatch) is
+raised as one `CheckpointError` naming the file and the problem, before the model is built.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from .diffusion_policy import read_dp_checkpoint
 from .errors import CONFIG_FILE, CheckpointError, PolicyWeights, read_json
 from .lerobot import read_lerobot_directory
 from .native import NATIVE_FORMAT, read_native
+from .weights import check_weights
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -54,23 +55,10 @@ def read_weights(path: str | os.PathLike) -> PolicyWeights:
 
 
 def build_model(weights: PolicyWeights, source: str | os.PathLike) -> ConditionalUnet1D:
-    """The U-Net with the checkpoint's weights; key or shape mismatches become a CheckpointError."""
+    """The U-Net with the checkpoint's weights, built only once `check_weights` has matched every name and
+    shape with the configuration (so it is the size of the stored weights)."""
+    check_weights(source, weights.config.unet, weights.unet_state_dict)
     model = ConditionalUnet1D.from_config(weights.config.unet)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights.unet_state_dict))
-    unexpected = sorted(set(weights.unet_state_dict) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
-        raise CheckpointError(source, "weights do not fit the configured U-Net: " + "; ".join(parts) + " parameter(s)")
-    for name, tensor in weights.unet_state_dict.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise CheckpointError(
-                source, f"shape mismatch for {name}: checkpoint {tuple(tensor.shape)}, config expects {tuple(expected[name].shape)}"
-            )
     model.load_state_dict({name: tensor.float() for name, tensor in weights.unet_state_dict.items()})
     return model
 

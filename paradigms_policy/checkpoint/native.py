@@ -16,9 +16,11 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from ..config import ConfigError, PolicyConfig
+from ..config import ConfigError, PolicyConfig, show
 from ..normalizer import AffineNormalizer
-from .errors import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, PolicyWeights, read_json, read_safetensors
+from .errors import (CONFIG_FILE, WEIGHTS_FILE, CheckpointError, PolicyWeights, invalid_config, read_json,
+                     read_safetensors)
+from .weights import check_weights
 
 NATIVE_FORMAT = "paradigms_policy"
 NATIVE_FORMAT_VERSION = 1
@@ -62,18 +64,30 @@ def save_policy(directory: str | os.PathLike, config: PolicyConfig, model: torch
 
 
 def read_native(directory: Path) -> PolicyWeights:
+    """`PolicyWeights` from a native directory: the configuration and normaliser from config.json, the U-Net
+    from model.safetensors, checked against each other."""
     config_path = directory / CONFIG_FILE
     document = read_json(config_path)
     version = document.get("format_version")
     if version != NATIVE_FORMAT_VERSION:
-        raise CheckpointError(config_path, f"unsupported format_version {version!r} (this package reads {NATIVE_FORMAT_VERSION})")
+        raise CheckpointError(config_path, f"unsupported format_version {show(version)} (this package reads "
+                                           f"{NATIVE_FORMAT_VERSION})")
     try:
-        config = PolicyConfig.from_dict(document["policy"])
-        obs_normalizer = AffineNormalizer.from_dict(document["normalizer"]["obs"])
-        action_normalizer = AffineNormalizer.from_dict(document["normalizer"]["action"])
-    except KeyError as err:
-        raise CheckpointError(config_path, f"missing entry {err}") from None
-    except (ConfigError, ValueError, TypeError) as err:
-        raise CheckpointError(config_path, f"invalid configuration: {err}") from None
-    return PolicyWeights(config, read_safetensors(directory / WEIGHTS_FILE), obs_normalizer, action_normalizer,
-                         document.get("metadata", {}))
+        config = PolicyConfig.from_dict(document.get("policy"))
+    except ConfigError as err:
+        raise invalid_config(config_path, err, _native_name) from None
+    try:
+        normalizers = document["normalizer"]
+        obs_normalizer = AffineNormalizer.from_dict(normalizers["obs"])
+        action_normalizer = AffineNormalizer.from_dict(normalizers["action"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(config_path, f"invalid normalizer entry ({type(err).__name__}: "
+                                           f"{str(err)[:200]})") from None
+    state = read_safetensors(directory / WEIGHTS_FILE)
+    check_weights(directory, config.unet, state, _native_name)
+    return PolicyWeights(config, state, obs_normalizer, action_normalizer, document.get("metadata", {}))
+
+
+def _native_name(field: str) -> str:
+    """Our field name as config.json's path to it."""
+    return field if field.startswith("policy") else f"policy.{field}"

@@ -1,232 +1,239 @@
-"""A restricted unpickler for Diffusion Policy workspace checkpoints: a fixed table of globals, nothing imported."""
+"""Unpickling a `torch.save` zip archive without running pickled code: a scan, then torch's weights-only loader.
+
+`load_archive` (1) checks the zip's records, (2) scans `data.pkl`'s opcodes with `pickletools.genops`
+(nothing is built or called), then (3) unpickles it with `torch.load(weights_only=True)` and
+`SAFE_GLOBALS`: inert stand-ins for what a Diffusion Policy workspace pickles and torch's
+weights-only unpickler cannot read by itself (omegaconf's containers, nodes and metadata, the
+`typing` names in their metadata, dill's `_load_type`, `collections.defaultdict`).
+
+The scan is there because torch's default allow-list cannot be narrowed, and some of it is unfit
+for a reader that must fail fast on any file: `builtins.bytearray(n)` allocates n bytes,
+`_codecs.encode(text, 'punycode')` takes seconds for a 20 KB file, `_rebuild_qtensor` allocates the
+size it is given, `_rebuild_parameter_with_state` and `_rebuild_from_type_v2` set arbitrary
+attributes on a tensor. The scan admits only the globals in `ADMITTED` (torch's storages and
+`_rebuild_tensor_v2`, `collections.OrderedDict`, the stand-ins) and `_codecs.encode` only as
+protocol 2 writes bytes, encode(<text>, 'latin1'); anything else is a `Refused` before torch
+unpickles a byte. torch's unpickler is pure Python, so `data.pkl` is limited to `MAX_PICKLE_BYTES`
+(a Push-T workspace's is about 55 KB) to keep the worst case well under a second.
+
+`torch.serialization.safe_globals` changes process-wide state while it is active: a weights-only
+load in another thread meanwhile would accept the (inert) stand-ins too.
+"""
 from __future__ import annotations
 
 import _compat_pickle
-import io
-import pickle
-import types
-from collections import OrderedDict
+import os
+import pickletools
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import torch
 
+MAX_PICKLE_BYTES = 1 << 20
+
+
+class Refused(Exception):
+    """The checkpoint needs something this reader does not admit (not an UnpicklingError: torch rewrites those)."""
+
+
 # --------------------------------------------------------------------------------------------
-# Inert stand-ins for omegaconf and typing objects.
+# Inert stand-ins.
 
 
 class Placeholder:
-    """Stands in for a pickled object of an admitted class: records constructor args and state, does nothing else."""
+    """Stands in for an omegaconf object: keeps the state it is unpickled with, does nothing else.
+
+    torch's unpickler makes it with `cls.__new__(cls, *args)` (NEWOBJ) and fills it with
+    `__setstate__` (BUILD); `payload` is the state entry that holds the object's value.
+    """
 
     qualified_name = "placeholder"
+    payload_key: str | None = None
 
-    def __new__(cls, *args, **kwargs):
+    def __new__(cls, *args):
         instance = object.__new__(cls)
-        instance.__dict__["_pickled_args"] = args
-        instance.__dict__["_pickled_kwargs"] = kwargs
-        instance.__dict__["_pickled_state"] = None
+        instance.__dict__["state"] = None
         return instance
 
-    def __init__(self, *args, **kwargs):
-        pass
-
     def __setstate__(self, state):
-        self.__dict__["_pickled_state"] = state
+        self.__dict__["state"] = state
+
+    @property
+    def payload(self) -> Any:
+        state = self.__dict__["state"]
+        return state.get(self.payload_key) if self.payload_key and isinstance(state, dict) else None
 
     def __repr__(self):
         return f"<placeholder for {self.qualified_name}>"
 
-    @property
-    def pickled_state(self) -> Any:
-        return self.__dict__["_pickled_state"]
 
-
-class DictConfigPlaceholder(Placeholder):
-    qualified_name = "omegaconf.dictconfig.DictConfig"
-
-
-class ListConfigPlaceholder(Placeholder):
-    qualified_name = "omegaconf.listconfig.ListConfig"
-
-
-class NodePlaceholder(Placeholder):
-    """A leaf value node (AnyNode, StringNode, ...): the value is `_val` in its state."""
-
-    qualified_name = "omegaconf.nodes.ValueNode"
-
-
-class MetadataPlaceholder(Placeholder):
-    qualified_name = "omegaconf.base.Metadata"
-
-
-class _Frozen:
-    """Base of the shared objects handed to the unpickler: a pickle's BUILD opcode cannot alter them."""
-
-    __slots__ = ()
-
-    def __setattr__(self, name, value):
-        raise AttributeError(f"{type(self).__name__} is read-only")
-
-    def __setstate__(self, state):
-        raise pickle.UnpicklingError(f"refused to set state on {self!r}")
-
-
-class TypeRef(_Frozen):
-    """An inert name for a `typing` object (typing.Any, typing.Dict[...]) mentioned in omegaconf metadata."""
-
-    __slots__ = ("name",)
+class TypeRef:
+    """An inert name for a type mentioned in omegaconf metadata (typing.Any, builtins.dict, ...)."""
 
     def __init__(self, name: str):
-        object.__setattr__(self, "name", name)
+        self.name = name
 
     def __repr__(self):
         return self.name
 
 
-class SafeCallable(_Frozen):
-    """An admitted function, wrapped so that a pickle cannot rewrite its attributes (e.g. __defaults__)."""
-
-    __slots__ = ("function", "label")
-
-    def __init__(self, function, label: str):
-        object.__setattr__(self, "function", function)
-        object.__setattr__(self, "label", label)
-
-    def __call__(self, *args, **kwargs):
-        return self.function(*args, **kwargs)
-
-    def __repr__(self):
-        return f"<admitted {self.label}>"
+def _placeholder(qualified_name: str, payload_key: str | None) -> type:
+    name = qualified_name.rsplit(".", 1)[1] + "Placeholder"
+    return type(name, (Placeholder,), {"qualified_name": qualified_name, "payload_key": payload_key})
 
 
-def _subclass(base: type, qualified_name: str) -> type:
-    return type(qualified_name.rsplit(".", 1)[1] + "Placeholder", (base,), {"qualified_name": qualified_name})
+_OMEGACONF = {"omegaconf.dictconfig.DictConfig": "_content", "omegaconf.listconfig.ListConfig": "_content",
+              "omegaconf.base.Metadata": None, "omegaconf.base.ContainerMetadata": None}
+_OMEGACONF.update({f"omegaconf.nodes.{name}": "_val" for name in (
+    "ValueNode", "AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode", "EnumNode", "BytesNode",
+    "PathNode", "UnionNode", "InterpolationResultNode")})
+_DILL_TYPE_NAMES = frozenset(("dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "bool", "str",
+                              "bytes", "bytearray", "NoneType"))
 
 
-_OMEGACONF_NODES = ("ValueNode", "AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode", "EnumNode",
-                    "BytesNode", "PathNode", "UnionNode", "InterpolationResultNode")
+def _load_type(name):
+    """dill._dill._load_type for builtin data types, as an inert name (never a type that could be called)."""
+    if not isinstance(name, str) or name not in _DILL_TYPE_NAMES:
+        raise Refused(f"refused to unpickle dill._dill._load_type({str(name)[:40]!r}): only builtin data types "
+                      "are admitted")
+    return TypeRef(f"builtins.{name}")
 
-# --------------------------------------------------------------------------------------------
-# The allowlist.
 
-
-def _safe_defaultdict(default_factory=None, *args):
-    """collections.defaultdict, rebuilt as a plain dict (the factory is never called)."""
-    if args:
-        raise RefusedGlobal("collections", "defaultdict", "called with unexpected arguments")
+def _defaultdict(default_factory=None):
+    """collections.defaultdict, as a plain dict (the factory is dropped, never called)."""
     return {}
 
 
-def _safe_latin1_encode(text, encoding="latin1"):
-    """_codecs.encode as protocol 2 uses it for bytes: latin-1 text only."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise RefusedGlobal("_codecs", "encode", f"only latin-1 text is accepted (got encoding {encoding!r})")
-    return text.encode("latin1")
-
-
-_BUILTIN_TYPES = {t.__name__: t for t in (dict, list, tuple, set, frozenset, int, float, complex, bool, str, bytes,
-                                          bytearray)}
-_DILL_TYPES = dict(_BUILTIN_TYPES, NoneType=type(None))
-
-
-def _safe_dill_load_type(name):
-    """dill._dill._load_type, for builtin data types only."""
-    if not isinstance(name, str) or name not in _DILL_TYPES:
-        raise RefusedGlobal("dill._dill", f"_load_type({name!r})", "only builtin data types are admitted")
-    return _DILL_TYPES[name]
-
-
-def _safe_typing_subscript(container, parameters):
-    """operator.getitem, as pickle rebuilds typing.Dict[str, Any]: on typing placeholders only."""
+def _subscript(container, parameters):
+    """operator.getitem as pickle rebuilds typing.Dict[str, Any]: on type names only, and of bounded length."""
     if not isinstance(container, TypeRef):
-        raise RefusedGlobal("operator", "getitem", "only typing annotations may be subscripted")
-    if not isinstance(parameters, tuple):
-        parameters = (parameters,)
-    return TypeRef(f"{container.name}[{', '.join(_type_name(p) for p in parameters)}]")
+        raise Refused("refused to unpickle operator.getitem: only typing annotations may be subscripted")
+    return TypeRef(container.name[:200] + "[...]")
 
 
-def _type_name(value) -> str:
-    if isinstance(value, TypeRef):
-        return value.name
-    if isinstance(value, type):
-        return value.__name__
-    return repr(value)
+SAFE_GLOBALS: list[tuple[Any, str]] = [(_placeholder(name, key), name) for name, key in _OMEGACONF.items()]
+SAFE_GLOBALS += [(TypeRef(f"typing.{name}"), f"typing.{name}")
+                 for name in ("Any", "Dict", "List", "Tuple", "Optional", "Union")]
+SAFE_GLOBALS += [(_load_type, "dill._dill._load_type"), (_defaultdict, "collections.defaultdict"),
+                 (_subscript, "operator.getitem")]
+
+_STORAGES = ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")
+ADMITTED = frozenset([name for _, name in SAFE_GLOBALS] + [f"torch.{kind}Storage" for kind in _STORAGES]
+                     + ["torch._utils._rebuild_tensor_v2", "collections.OrderedDict", "_codecs.encode"])
+
+# --------------------------------------------------------------------------------------------
+# The scan.
+
+_STRINGS = frozenset(("BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE"))
+_GETS = frozenset(("BINGET", "LONG_BINGET", "GET"))
+_PUTS = frozenset(("BINPUT", "LONG_BINPUT", "PUT"))
+_OTHER_GLOBAL_OPCODES = frozenset(("STACK_GLOBAL", "INST", "EXT1", "EXT2", "EXT4"))
+_ENCODE_CALL = ("text", "codec", "TUPLE2", "REDUCE")  # what must follow _codecs.encode on the stack
+_ENCODE_REFUSAL = ("refused to unpickle _codecs.encode: it is admitted only for latin-1 text "
+                   "(how protocol 2 stores bytes)")
 
 
-def _build_allowlist() -> dict[tuple[str, str], Any]:
-    functions = {
-        ("collections", "defaultdict"): _safe_defaultdict,
-        ("_codecs", "encode"): _safe_latin1_encode,
-        ("dill._dill", "_load_type"): _safe_dill_load_type,
-        ("operator", "getitem"): _safe_typing_subscript,
-    }
-    for name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
-                 "_rebuild_parameter_with_state"):
-        if hasattr(torch._utils, name):
-            functions[("torch._utils", name)] = getattr(torch._utils, name)
-    allowed: dict[tuple[str, str], Any] = {key: SafeCallable(fn, ".".join(key)) for key, fn in functions.items()}
-    # Classes: immutable builtin/C types, and our placeholders (whose BUILD only records state).
-    allowed[("collections", "OrderedDict")] = OrderedDict
-    allowed[("torch", "Size")] = torch.Size
-    allowed[("torch", "device")] = torch.device
-    for name, value in vars(torch).items():
-        if isinstance(value, torch.dtype):
-            allowed[("torch", name)] = value
-    for name, kind in _BUILTIN_TYPES.items():
-        allowed[("builtins", name)] = kind
-    for name in ("Any", "Dict", "List", "Tuple", "Optional", "Union"):
-        allowed[("typing", name)] = TypeRef(f"typing.{name}")
-    allowed[("omegaconf.dictconfig", "DictConfig")] = DictConfigPlaceholder
-    allowed[("omegaconf.listconfig", "ListConfig")] = ListConfigPlaceholder
-    allowed[("omegaconf.base", "Metadata")] = MetadataPlaceholder
-    allowed[("omegaconf.base", "ContainerMetadata")] = _subclass(MetadataPlaceholder,
-                                                                 "omegaconf.base.ContainerMetadata")
-    for name in _OMEGACONF_NODES:
-        allowed[("omegaconf.nodes", name)] = _subclass(NodePlaceholder, f"omegaconf.nodes.{name}")
-    return allowed
+def _global_name(arg: str) -> str:
+    """A GLOBAL opcode's "module name" argument as the dotted name torch's unpickler looks up."""
+    module, _, name = arg.partition(" ")
+    # As torch does: protocol <= 2 pickles may carry Python 2 names (__builtin__.eval, copy_reg...).
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}.{name}"
 
 
-ALLOWED_GLOBALS = _build_allowlist()
+def scan_pickle(data: bytes) -> None:
+    """Refuse a pickle that names a global outside `ADMITTED`, or calls `_codecs.encode` otherwise than
+    encode(<text>, 'latin1'). Only opcodes are read; memo slots are followed so that a call through a
+    memoised `_codecs.encode` or 'latin1' is checked the same way."""
+    slots: dict[Any, str] = {}  # memo index -> "encode" or "latin1"
+    expected: list[str] = []
+    pushed = None  # what the last opcode other than a memo PUT pushed, when it is one of those
+    for opcode, arg, _ in pickletools.genops(data):
+        name = opcode.name
+        if name in _PUTS:
+            if pushed:
+                slots[arg] = pushed
+            else:
+                slots.pop(arg, None)
+            continue
+        if name in _OTHER_GLOBAL_OPCODES:
+            raise Refused(f"refused the {name} opcode: torch.save's protocol 2 names globals with GLOBAL only")
+        if name == "GLOBAL":
+            full_name = _global_name(arg)
+            if full_name not in ADMITTED:
+                raise Refused(f"refused to unpickle {full_name}: not a class a Diffusion Policy checkpoint needs")
+            pushed = "encode" if full_name == "_codecs.encode" else None
+        elif name in _GETS:
+            pushed = slots.get(arg)
+        elif name in _STRINGS:
+            pushed = "latin1" if arg in ("latin1", "latin-1") else None
+        else:
+            pushed = None
+        if expected:
+            step = expected.pop(0)
+            text = step == "text" and (name in _STRINGS or name in _GETS) and pushed != "encode"
+            if not (text or (step == "codec" and pushed == "latin1") or step == name):
+                raise Refused(_ENCODE_REFUSAL)
+        elif pushed == "encode":
+            expected = list(_ENCODE_CALL)
+    if expected:
+        raise Refused(_ENCODE_REFUSAL)
 
 
-class RefusedGlobal(pickle.UnpicklingError):
-    """The pickle names a global that a Diffusion Policy checkpoint does not need."""
-
-    def __init__(self, module: str, name: str, reason: str = "not a class a Diffusion Policy checkpoint needs"):
-        self.module, self.name, self.reason = module, name, reason
-        super().__init__(f"refused to unpickle {module}.{name}: {reason}")
+# --------------------------------------------------------------------------------------------
+# The archive.
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """An Unpickler whose `find_class` answers only from `ALLOWED_GLOBALS` and never imports."""
-
-    def find_class(self, module, name):
-        module, name = str(module), str(name)
-        # Protocol <= 2 pickles may carry Python 2 names (__builtin__.set, copy_reg...).
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        elif module in _compat_pickle.IMPORT_MAPPING:
-            module = _compat_pickle.IMPORT_MAPPING[module]
-        try:
-            return ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise RefusedGlobal(module, name) from None
-
-
-def _restricted_load(file, **kwargs):
-    return RestrictedUnpickler(file, **kwargs).load()
-
-
-def _restricted_loads(data, **kwargs):
-    return RestrictedUnpickler(io.BytesIO(data), **kwargs).load()
-
-
-# A module-like object for torch.load(pickle_module=...): torch subclasses its `Unpickler` (keeping
-# our find_class underneath its own Storage handling) and calls its `load` for legacy headers.
-RESTRICTED_PICKLE = types.ModuleType("paradigms_policy.restricted_pickle")
-RESTRICTED_PICKLE.Unpickler = RestrictedUnpickler
-RESTRICTED_PICKLE.load = _restricted_load
-RESTRICTED_PICKLE.loads = _restricted_loads
-RESTRICTED_PICKLE.UnpicklingError = pickle.UnpicklingError
-RESTRICTED_PICKLE.__version__ = "1"
+def _pickle_record(archive: zipfile.ZipFile, file_size: int) -> tuple[str, int]:
+    """The name of the archive's data.pkl and the size of its records together, after checking the records."""
+    records = archive.infolist()
+    names = [record.filename for record in records]
+    if not names:
+        raise Refused("the zip archive is empty")
+    folded = {name.lower() for name in names}
+    prefixes = {name.split("/", 1)[0] for name in names}
+    if len(folded) != len(names) or len(prefixes) != 1:
+        raise Refused("the zip archive has duplicate records or more than one top-level folder "
+                      "(torch.save writes neither)")
+    tails = {name.split("/", 1)[-1] for name in names}
+    if "constants.pkl" in tails:
+        raise Refused("this is a TorchScript archive, not a Diffusion Policy workspace checkpoint")
+    pickle_name = f"{prefixes.pop()}/data.pkl"
+    if pickle_name not in names:
+        raise Refused("the zip archive has no data.pkl (not a torch.save checkpoint)")
+    stored = sum(record.file_size for record in records)
+    if stored > file_size:
+        raise Refused(f"the zip archive's records expand to {stored} bytes, more than the file's {file_size} "
+                      "(torch.save does not compress)")
+    size = archive.getinfo(pickle_name).file_size
+    if size > MAX_PICKLE_BYTES:
+        raise Refused(f"data.pkl is {size} bytes; this reader admits up to {MAX_PICKLE_BYTES} "
+                      "(a Diffusion Policy workspace's is well under)")
+    return pickle_name, stored
 
 
+def load_archive(path: Path) -> tuple[Any, int]:
+    """(the unpickled payload, the bytes its records hold). Raises `Refused` for what the scan refuses,
+    zipfile.BadZipFile/OSError for a damaged archive and whatever torch raises for a malformed one.
+    The checks, the scan and torch read the same open file."""
+    with open(path, "rb") as handle:
+        with zipfile.ZipFile(handle) as archive:
+            pickle_name, stored = _pickle_record(archive, os.fstat(handle.fileno()).st_size)
+            scan_pickle(archive.read(pickle_name))
+        handle.seek(0)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(handle, map_location="cpu", weights_only=True, mmap=False), stored
+
+
+def torch_reason(err: Exception) -> str:
+    """The first line of what torch's weights-only unpickler reports, without its advice to load unsafely."""
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0][:300] if lines else ''}"

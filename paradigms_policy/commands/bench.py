@@ -8,10 +8,10 @@ units (the sampler's own space, where actions span [-1, 1]).
 from __future__ import annotations
 
 import copy
-import json
 import platform
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,10 @@ from ..config import PolicyConfig
 from ..model import ConditionalUnet1D
 from ..normalizer import AffineNormalizer
 from ..policy import DiffusionPolicy
+from ..resources import shipped_checkpoint
+from .options import (SamplerSpec, add_sampler_options, add_scheduler_options, parallel_options, sampler_specs,
+                      scheduler_overrides)
+from .output import saved_figure, write_json
 
 # Model sizes for `--random-model`: the original Diffusion Policy U-Net and the shipped widths.
 RANDOM_MODEL_SIZES = {
@@ -34,38 +38,80 @@ RANDOM_MODEL_SIZES = {
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@dataclass
-class SamplerSpec:
-    """A sampler by name with its options, as benchmarked, optionally graph-captured or in another precision."""
+def add_arguments(parser) -> None:
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", help="policy checkpoint (default: the shipped Push-T checkpoint)")
+    model.add_argument("--random-model", choices=sorted(RANDOM_MODEL_SIZES),
+                       help="a randomly initialised Push-T-shaped policy instead of a checkpoint")
+    parser.add_argument("--data", help="Push-T replay zarr to draw observations from (default: random observations)")
+    parser.add_argument("--samplers", default="sequential,paradigms",
+                        help="comma-separated samplers, each name[:option=value...]")
+    parser.add_argument("--reference", choices=["sequential", "float64"], default="sequential",
+                        help="deviation against the float32 sequential run or a float64 CPU sequential run")
+    parser.add_argument("--chunks", type=int, default=20, help="action chunks (observations) per sampler")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--residual-plot", help="PNG of the residual against rounds on the first chunk")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_scheduler_options(parser)
+    add_sampler_options(parser)
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay the denoiser from CUDA graphs (CUDA only; elsewhere the run stays eager)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed chunks per sampler first")
+    parser.add_argument("--real-time-chunking", type=int, metavar="DELAY_STEPS",
+                        help="inpaint every chunk after an episode's first with the previous chunk's actions for the "
+                             "last executed step and DELAY_STEPS more (the rounds with inpainting)")
+    parser.add_argument("--seed", type=int, default=0)
 
-    name: str
-    options: dict[str, Any] = field(default_factory=dict)
-    cuda_graphs: bool = False
-    dtype: str = "float32"
 
-    @property
-    def label(self) -> str:
-        extras = "".join(f" {key}={value}" for key, value in self.options.items())
-        return self.name + extras + (" +graphs" if self.cuda_graphs else "") + ("" if self.dtype == "float32" else f" {self.dtype}")
+def run(args) -> int:
+    specs = sampler_specs(args.samplers, parallel_options(args))
+    if args.cuda_graphs:
+        specs = [replace(spec, cuda_graphs=True) for spec in specs]
+    policy = bench_policy(args)
+    if args.cuda_graphs and policy.device.type != "cuda":
+        print(f"note: CUDA graphs need a CUDA device; on {policy.device} every variant runs eager", file=sys.stderr)
+    observations, episode_starts = bench_observations(policy, args.data, args.chunks, args.seed)
+    if args.real_time_chunking is not None and episode_starts is None:  # random windows: one episode, so each commits
+        episode_starts = np.arange(len(observations)) == 0
+    document = run_bench(policy, observations, specs, warmup=args.warmup, seed=args.seed,
+                         episode_starts=episode_starts, reference=args.reference, delay_steps=args.real_time_chunking)
+    document["checkpoint"] = f"random:{args.random_model}" if args.random_model else str(args.checkpoint or shipped_checkpoint())
+    document["observations"] = "dataset" if args.data else "random"
+    document["real_time_chunking_delay_steps"] = args.real_time_chunking
+    print(format_table(document))
+    if args.json:
+        write_json(document, args.json)
+        print(f"wrote {args.json}")
+    if args.residual_plot:
+        plot_residuals(document, args.residual_plot)
+        print(f"wrote {args.residual_plot}")
+    return 0
 
 
-def gpu_suite(window: int = 16) -> list[SamplerSpec]:
-    """The variants compared on a GPU: eager and graph-captured, sequential and parallel, and bf16.
+def bench_policy(args) -> DiffusionPolicy:
+    """The policy `--checkpoint` or `--random-model` names, with the scheduler overrides applied."""
+    if args.random_model:
+        policy = random_policy(args.random_model, device=args.device, seed=args.seed)
+    else:
+        from ..checkpoint import load_policy
 
-    Every parallel variant uses the fixed-shape window, so one graph serves all its rounds.
-    """
-    parallel = {"window": window, "fixed_shape": True}
-    return [
-        SamplerSpec("sequential"),
-        SamplerSpec("sequential", cuda_graphs=True),
-        SamplerSpec("paradigms", dict(parallel)),
-        SamplerSpec("parataa", dict(parallel)),
-        SamplerSpec("paradigms", dict(parallel), cuda_graphs=True),
-        SamplerSpec("parataa", dict(parallel), cuda_graphs=True),
-        SamplerSpec("parataa", {"window": 100, "fixed_shape": True}, cuda_graphs=True),
-        SamplerSpec("paradigms", dict(parallel), cuda_graphs=True, dtype="bfloat16"),
-        SamplerSpec("parataa", dict(parallel), cuda_graphs=True, dtype="bfloat16"),
-    ]
+        policy = load_policy(args.checkpoint or shipped_checkpoint(), device=args.device)
+    changes = scheduler_overrides(args)
+    if changes:
+        policy.set_scheduler(**changes)
+    return policy
+
+
+def bench_observations(policy: DiffusionPolicy, data: str | None, count: int, seed: int):
+    """(observation windows, episode starts): from demonstration rollouts when `data` names the zarr, else random."""
+    if not data:
+        return random_observations(policy, count, seed=seed), None
+    from ..pusht.dataset import PushTLowdimDataset
+
+    config = policy.config
+    dataset = PushTLowdimDataset(data, config.horizon, config.n_obs_steps, config.n_action_steps)
+    # Consecutive windows of episodes, one executed chunk apart, as a rollout meets them.
+    return dataset.rollout_observation_windows(count, seed=seed)
 
 
 def policy_in(policy: DiffusionPolicy, dtype: str, device: torch.device | str | None = None) -> DiffusionPolicy:
@@ -102,7 +148,7 @@ def device_name(device: torch.device) -> str:
 
 def run_bench(policy: DiffusionPolicy, observations: np.ndarray, samplers: list[SamplerSpec],
               warmup: int = 2, seed: int = 0, episode_starts: np.ndarray | None = None,
-              reference: str = "sequential", progress: bool = True) -> dict[str, Any]:
+              reference: str = "sequential", progress: bool = True, delay_steps: int | None = None) -> dict[str, Any]:
     """Time each sampler on every observation window; returns the JSON document `bench` writes.
 
     `episode_starts` marks windows that begin an episode: there a temporal warm start is reset.
@@ -110,80 +156,23 @@ def run_bench(policy: DiffusionPolicy, observations: np.ndarray, samplers: list[
     reference: what `max_abs_dev` is measured against, per chunk with the same noise: "sequential"
     (the first spec, plain sequential float32 on the policy's device) or "float64" (the sequential
     chain in float64 on the CPU).
+    delay_steps: real-time chunking with this delay (`ChunkSource.delay_steps`); None: none.
     """
-    chunks = observations.shape[0]
-    starts = np.ones(chunks, bool) if episode_starts is None else np.asarray(episode_starts, bool)
+    chunks = ChunkSource(observations, seed, episode_starts, delay_steps)
     specs = samplers if samplers and samplers[0].name == "sequential" else [SamplerSpec("sequential"), *samplers]
-    variants: dict[str, DiffusionPolicy] = {}
-
-    def solve(variant: DiffusionPolicy, index: int) -> tuple[torch.Tensor, Any, float]:
-        if starts[index]:
-            variant.reset()
-        dtype = next(variant.model.parameters()).dtype
-        obs = torch.as_tensor(observations[index:index + 1], device=variant.device).to(dtype)
-        generator = torch.Generator().manual_seed(seed + index)
-        noise = variant.initial_noise(1, generator).to(dtype)
-        _synchronize(variant.device)
-        started = time.perf_counter()
-        normalized, stats = variant.sample_normalized(obs, noise, generator)
-        _synchronize(variant.device)
-        return normalized.double().cpu(), stats, time.perf_counter() - started
-
-    references = []
-    if reference == "float64":
-        exact = policy_in(policy, "float64", "cpu")
-        exact.set_sampler("paradigms", window=1)  # the sequential chain, with the noise drawn as in float32
-        references = [solve(exact, index)[0] for index in tqdm(range(chunks), desc="float64 reference", unit="chunk",
-                                                                 disable=not progress)]
-    elif reference != "sequential":
+    if reference not in ("sequential", "float64"):
         raise ValueError(f"reference must be 'sequential' or 'float64' (got {reference!r})")
-
-    records = {spec.label: [] for spec in specs}
-    captured: dict[str, bool] = {}
-    first_chunk: dict[str, list[float]] = {}
-    with tqdm(total=len(specs) * chunks, desc="bench", unit="chunk", disable=not progress) as bar:
+    references = float64_references(policy, chunks, progress) if reference == "float64" else None
+    variants: dict[str, DiffusionPolicy] = {}
+    measured = []
+    with tqdm(total=len(specs) * len(chunks), desc="bench", unit="chunk", disable=not progress) as bar:
         for spec in specs:
             variant = variants.setdefault(spec.dtype, policy_in(policy, spec.dtype))
-            captured[spec.label] = variant.use_cuda_graphs(spec.cuda_graphs)
-            variant.set_sampler(spec.name, **spec.options)
-            for index in range(min(warmup, chunks)):  # first calls pay for allocation, kernel selection, capture
-                solve(variant, index)
-            for index in range(chunks):
-                normalized, stats, latency = solve(variant, index)
-                if len(references) < chunks:
-                    references.append(normalized)
-                deviation = float((normalized - references[index]).abs().max())
-                records[spec.label].append((latency, stats.rounds, stats.model_evals, deviation))
-                if index == 0:
-                    first_chunk[spec.label] = stats.residual_history
-                bar.update(1)
-
-    def p50(spec: SamplerSpec) -> float:
-        return float(np.median([row[0] for row in records[spec.label]]))
-
-    sequential_p50 = p50(specs[0])
-    graph_sequential = [spec for spec in specs if spec.name == "sequential" and captured[spec.label]]
-    results = []
-    for spec in specs:
-        latency, rounds, evals, deviation = (np.array(column) for column in zip(*records[spec.label]))
-        results.append({
-            "sampler": spec.name,
-            "options": spec.options,
-            "label": spec.label,
-            "cuda_graphs": captured[spec.label],
-            "dtype": spec.dtype,
-            "chunks": chunks,
-            "rounds_median": float(np.median(rounds)),
-            "rounds_max": int(rounds.max()),
-            "model_evals_median": float(np.median(evals)),
-            "latency_p50_ms": 1000 * float(np.median(latency)),
-            "latency_p99_ms": 1000 * float(np.percentile(latency, 99)),
-            "speedup_vs_sequential": sequential_p50 / float(np.median(latency)),
-            "speedup_vs_graph_sequential": p50(graph_sequential[0]) / float(np.median(latency)) if graph_sequential else None,
-            "max_abs_dev": float(deviation.max()),
-            "median_abs_dev": float(np.median(deviation)),
-            "residual_history_first_chunk": first_chunk[spec.label],
-        })
+            measurement = measure(variant, spec, chunks, warmup, bar.update)
+            if references is None:  # the first spec is plain sequential: its answers are the reference
+                references = measurement.answers
+            measured.append(measurement.summary(references))
+    add_speedups(measured)
     scheduler = policy.config.scheduler
     return {
         "device": device_name(policy.device),
@@ -192,8 +181,127 @@ def run_bench(policy: DiffusionPolicy, observations: np.ndarray, samplers: list[
         "scheduler": scheduler.name,
         "num_inference_steps": scheduler.num_inference_steps,
         "parameters": sum(p.numel() for p in policy.model.parameters()),
-        "results": results,
+        "results": measured,
     }
+
+
+@dataclass
+class ChunkSource:
+    """The chunks every sampler solves: observation windows, one noise seed per chunk, episode starts."""
+
+    observations: np.ndarray  # (chunks, n_obs_steps, obs_dim), or (chunks, B, n_obs_steps, obs_dim)
+    seed: int = 0
+    episode_starts: np.ndarray | None = None
+    # Real-time chunking: each chunk after an episode's first is inpainted with the previous chunk's actions
+    # for the last executed step and the `delay_steps` that run before it arrives (chunks are one executed
+    # chunk, n_action_steps, apart). None: no inpainting.
+    delay_steps: int | None = None
+
+    def __len__(self) -> int:
+        return self.observations.shape[0]
+
+    def starts_episode(self, index: int) -> bool:
+        return True if self.episode_starts is None else bool(self.episode_starts[index])
+
+    def solve(self, variant: DiffusionPolicy, index: int, sample=None,
+              previous: torch.Tensor | None = None) -> tuple[torch.Tensor, Any, float]:
+        """(answer in normalised units as float64 on the CPU, sampler statistics, seconds) for chunk `index`.
+
+        sample(observations, noise, generator, **options) -> (answer, stats): default `variant.sample_normalized`.
+        previous: the answer for chunk index - 1, whose actions real-time chunking commits.
+        """
+        if self.starts_episode(index):
+            variant.reset()
+            previous = None
+        options = self.commitment(variant, previous) if previous is not None and self.delay_steps is not None else {}
+        dtype = next(variant.model.parameters()).dtype
+        window = self.observations[index]
+        obs = torch.as_tensor(window if window.ndim == 3 else window[None], device=variant.device).to(dtype)
+        generator = torch.Generator().manual_seed(self.seed + index)
+        noise = variant.initial_noise(obs.shape[0], generator).to(dtype)
+        synchronize(variant.device)
+        started = time.perf_counter()
+        normalized, stats = (sample or variant.sample_normalized)(obs, noise, generator, **options)
+        synchronize(variant.device)
+        return normalized.double().cpu(), stats, time.perf_counter() - started
+
+    def commitment(self, variant: DiffusionPolicy, previous: torch.Tensor) -> dict[str, Any]:
+        """The previous chunk's actions for steps s - 1 .. s + delay - 1, at their places in this chunk's horizon."""
+        config = variant.config
+        newest = config.n_obs_steps - 1  # horizon position of this chunk's observation step s
+        first = newest - 1 + config.n_action_steps  # step s - 1 in the previous chunk's horizon
+        actions = previous[:, first:first + self.delay_steps + 1]
+        dtype = next(variant.model.parameters()).dtype
+        return {"committed_actions": actions.to(device=variant.device, dtype=dtype),
+                "committed_positions": list(range(newest - 1, newest + self.delay_steps))}
+
+
+def float64_references(policy: DiffusionPolicy, chunks: ChunkSource, progress: bool = True) -> list[torch.Tensor]:
+    """The sequential chain in float64 on the CPU for every chunk, with the noise drawn as in float32."""
+    exact = policy_in(policy, "float64", "cpu")
+    exact.set_sampler("paradigms", window=1)  # window 1 is the sequential chain, bit for bit
+    answers: list[torch.Tensor] = []
+    for index in tqdm(range(len(chunks)), desc="float64 reference", unit="chunk", disable=not progress):
+        answers.append(chunks.solve(exact, index, previous=answers[-1] if answers else None)[0])
+    return answers
+
+
+@dataclass
+class Measurement:
+    """One sampler's runs over every chunk."""
+
+    spec: SamplerSpec
+    captured: bool
+    answers: list[torch.Tensor]
+    rows: list[tuple[float, int, int]]  # (seconds, rounds, model evaluations) per chunk
+    first_residuals: list[float]
+
+    def summary(self, references: list[torch.Tensor]) -> dict[str, Any]:
+        latency, rounds, evals = (np.array(column) for column in zip(*self.rows))
+        deviation = np.array([float((answer - reference).abs().max())
+                              for answer, reference in zip(self.answers, references)])
+        return {
+            "sampler": self.spec.name,
+            "options": self.spec.options,
+            "label": self.spec.label,
+            "cuda_graphs": self.captured,
+            "dtype": self.spec.dtype,
+            "chunks": len(self.rows),
+            "rounds_median": float(np.median(rounds)),
+            "rounds_max": int(rounds.max()),
+            "model_evals_median": float(np.median(evals)),
+            "latency_p50_ms": 1000 * float(np.median(latency)),
+            "latency_p99_ms": 1000 * float(np.percentile(latency, 99)),
+            "max_abs_dev": float(deviation.max()),
+            "median_abs_dev": float(np.median(deviation)),
+            "residual_history_first_chunk": self.first_residuals,
+        }
+
+
+def measure(variant: DiffusionPolicy, spec: SamplerSpec, chunks: ChunkSource, warmup: int = 2,
+            on_chunk=lambda count: None) -> Measurement:
+    """Run `spec` on every chunk after `warmup` untimed ones (allocation, kernel selection, graph capture)."""
+    captured = variant.use_cuda_graphs(spec.cuda_graphs)
+    variant.set_sampler(spec.name, **spec.options)
+    for index in range(min(warmup, len(chunks))):
+        chunks.solve(variant, index)
+    answers, rows, first = [], [], []
+    for index in range(len(chunks)):
+        answer, stats, seconds = chunks.solve(variant, index, previous=answers[-1] if answers else None)
+        answers.append(answer)
+        rows.append((seconds, stats.rounds, stats.model_evals))
+        first = first or stats.residual_history
+        on_chunk(1)
+    return Measurement(spec, captured, answers, rows, first)
+
+
+def add_speedups(results: list[dict[str, Any]]) -> None:
+    """p50 speed-up of every row over the first (sequential) row and over the graph-captured sequential one."""
+    baseline = results[0]["latency_p50_ms"]
+    graphed = [row for row in results if row["sampler"] == "sequential" and row["cuda_graphs"]]
+    for row in results:
+        row["speedup_vs_sequential"] = baseline / row["latency_p50_ms"]
+        row["speedup_vs_graph_sequential"] = graphed[0]["latency_p50_ms"] / row["latency_p50_ms"] if graphed else None
 
 
 def format_table(document: dict[str, Any]) -> str:
@@ -219,35 +327,21 @@ def plot_residuals(document: dict[str, Any], path: str | Path) -> None:
 
     The sequential sampler has no residual to show: it needs one round per step, marked by a line at T.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6.4, 3.8))
-    for row in document["results"]:
-        history = row["residual_history_first_chunk"]
-        if row["sampler"] != "sequential" and history:
-            axis.semilogy(range(1, len(history) + 1), history, marker=".", label=row["label"])
-    steps = document["num_inference_steps"]
-    axis.axvline(steps, color="black", linestyle="--", label=f"sequential: {steps} rounds")
-    axis.set_xlabel("round (one batched denoiser call)")
-    axis.set_ylabel("largest RMS first-order residual")
-    axis.set_title(f"{document['scheduler'].upper()}-{steps}, one chunk")
-    axis.grid(alpha=0.3, which="both")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with saved_figure(path) as axis:
+        for row in document["results"]:
+            history = row["residual_history_first_chunk"]
+            if row["sampler"] != "sequential" and history:
+                axis.semilogy(range(1, len(history) + 1), history, marker=".", label=row["label"])
+        steps = document["num_inference_steps"]
+        axis.axvline(steps, color="black", linestyle="--", label=f"sequential: {steps} rounds")
+        axis.set_xlabel("round (one batched denoiser call)")
+        axis.set_ylabel("largest RMS first-order residual")
+        axis.set_title(f"{document['scheduler'].upper()}-{steps}, one chunk")
+        axis.grid(alpha=0.3, which="both")
+        axis.legend(fontsize=8)
 
 
-def write_json(document: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2) + "\n")
-
-
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a timer read after it measures that work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)

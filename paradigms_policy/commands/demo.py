@@ -15,21 +15,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import threading
-import time
 from pathlib import Path
+from typing import Any
 
 from ..control.statistics import percentiles
 from ..resources import CPU_OVERLAY, default_params_files, lockstep_params_file
 
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+PROG = "paradigms-policy demo"
+SIM_TIMING = ("max_steps", "control_rate", "reset_pause_s", "lockstep", "lockstep_timeout_s", "max_real_time_factor")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="policy checkpoint (default: the params file's value; empty there = the shipped "
                              "Push-T checkpoint)")
     parser.add_argument("--sampler", default=None,
-                        help="sampler, e.g. sequential or paradigms (default: the params file's)")
+                        help="sampler, e.g. sequential, paradigms or parataa (default: the params file's)")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (default: the params file's)")
     parser.add_argument("--episodes", type=int, default=3, help="episodes to run (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=100000, help="seed of the first episode (default: %(default)s)")
@@ -59,19 +61,14 @@ def _fmt_ms(seconds: float | None) -> str:
     return "n/a" if seconds is None else f"{_ms(seconds):.1f} ms"
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    try:
-        import rclpy
-        from rclpy.context import Context
-        from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-        from rclpy.parameter import Parameter
-    except ImportError as err:
-        print(f"paradigms-policy demo: error: rclpy is not importable ({err}); install ROS 2 or "
-              "pip install 'paradigms_policy[ros]'", file=sys.stderr)
-        return 2
-    if args.episodes < 1:
-        print("paradigms-policy demo: error: --episodes must be at least 1", file=sys.stderr)
-        return 2
+def _error(message: str, code: int = 2) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def params_files(args: argparse.Namespace) -> list[str]:
+    """The parameter files of both nodes: --params-file, else the package's (with the CPU overlay
+    when the policy runs on a CPU), then the lockstep overlay with --lockstep; ValueError if one is missing."""
     if args.params_files:
         files = list(args.params_files)
     elif args.lockstep:  # no deadline to meet on simulated time: keep the checkpoint's scheduler
@@ -79,11 +76,7 @@ def run_demo(args: argparse.Namespace) -> int:
     else:
         from ..policy import resolve_device
 
-        try:
-            on_cpu = resolve_device(args.device or "auto").type == "cpu"
-        except ValueError as err:
-            print(f"paradigms-policy demo: error: {err}", file=sys.stderr)
-            return 2
+        on_cpu = resolve_device(args.device or "auto").type == "cpu"
         files = default_params_files(on_cpu)
         if on_cpu:
             print(f"demo: no CUDA device, so the policy samples DDIM-16 ({CPU_OVERLAY}); pass --params-file "
@@ -92,134 +85,124 @@ def run_demo(args: argparse.Namespace) -> int:
         files.append(lockstep_params_file())
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
-        print(f"paradigms-policy demo: error: parameter file not found: {', '.join(missing)}", file=sys.stderr)
-        return 2
+        raise ValueError(f"parameter file not found: {', '.join(missing)}")
+    return files
+
+
+def node_overrides(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The policy node's and the simulation node's parameters set on the command line."""
+    policy = {name: value for name, value in (("checkpoint", args.checkpoint), ("sampler", args.sampler),
+                                              ("device", args.device), ("num_threads", args.num_threads))
+              if value is not None}
+    sim: dict[str, Any] = {"episodes": args.episodes, "seed": args.seed}
+    if args.max_steps is not None:
+        sim["max_steps"] = args.max_steps
+    if args.video:
+        sim["video_dir"] = str(Path(args.video).resolve())
+    return policy, sim
+
+
+def timeout_s(sim: dict[str, Any], episodes: int) -> float:
+    """Time allowed for the episodes, from the simulation's timing parameters (SIM_TIMING)."""
+    per_episode_s = sim["max_steps"] / sim["control_rate"] + sim["reset_pause_s"]
+    if sim["lockstep"]:  # faster than real time, but each step may wait up to the timeout
+        per_episode_s = per_episode_s / sim["max_real_time_factor"] + sim["max_steps"] * sim["lockstep_timeout_s"]
+    return episodes * (1.5 * per_episode_s + 10.0) + 30.0
+
+
+def latency_percentiles(chunks: list[dict[str, Any]], key: str = "latency_s") -> list[float | None]:
+    """p50 and p99 of a chunk record field (seconds) over the chunks that have it."""
+    return percentiles([c[key] for c in chunks if c[key] is not None])
+
+
+def episode_row(result: dict[str, Any], chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """An episode's result with its chunk counts and latency percentiles (ms)."""
+    p50, p99 = latency_percentiles(chunks)
+    published = sum(c["published"] for c in chunks)
+    return dict(result, chunks=published, deadline_misses=len(chunks) - published, latency_p50_ms=_ms(p50),
+                latency_p99_ms=_ms(p99))
+
+
+def episode_line(row: dict[str, Any], number: int, total: int) -> str:
+    ms = {key: "n/a" if row[key] is None else f"{row[key]:.1f} ms" for key in ("latency_p50_ms", "latency_p99_ms")}
+    return (f"episode {number}/{total} seed {row['seed']}: score {row['score']:.3f} "
+            f"({'success' if row['success'] else 'no success'}), {row['steps']} steps "
+            f"({row['held_steps']} without a fresh command), {row['chunks']} chunks, {row['deadline_misses']} "
+            f"deadline misses, latency per chunk p50 {ms['latency_p50_ms']} p99 {ms['latency_p99_ms']}"
+            + (f", video {row['video']}" if "video" in row else ""))
+
+
+def summary_lines(rows: list[dict[str, Any]], stats: dict[str, Any], log: list[dict[str, Any]]) -> list[str]:
+    """The closing lines: mean score and success, latency per chunk over the kept chunk records."""
+    p50, p99 = latency_percentiles(log)
+    a50, a99 = latency_percentiles(log, "ready_age_s")
+    scores = [r["score"] for r in rows]
+    rounds = "n/a" if stats["rounds_mean"] is None else format(stats["rounds_mean"], ".1f")
+    return [f"mean score {sum(scores) / len(scores):.3f}, success {sum(r['success'] for r in rows)}/{len(rows)}",
+            f"latency per chunk: inference p50 {_fmt_ms(p50)}, p99 {_fmt_ms(p99)}; observation to ready "
+            f"p50 {_fmt_ms(a50)}, p99 {_fmt_ms(a99)}; {stats['chunks_published']} chunks published, "
+            f"{stats['deadline_misses']} deadline misses, mean rounds {rounds}, "
+            f"{stats['observations_rejected']} observations rejected"]
+
+
+def summary_document(rows, stats, log, lockstep: bool, files: list[str]) -> dict[str, Any]:
+    p50, p99 = latency_percentiles(log)
+    scores = [r["score"] for r in rows]
+    return {"sampler": stats["sampler"], "window": stats["window"], "tolerance": stats["tolerance"],
+            "device": stats["device"], "lockstep": lockstep, "params_files": [str(f) for f in files],
+            "episodes": len(rows), "mean_score": sum(scores) / len(scores),
+            "success_rate": sum(r["success"] for r in rows) / len(rows), "latency_p50_ms": _ms(p50),
+            "latency_p99_ms": _ms(p99), "chunks_published": stats["chunks_published"],
+            "deadline_misses": stats["deadline_misses"], "rounds_mean": stats["rounds_mean"], "per_episode": rows}
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from ..ros.common import run_nodes
+        from ..ros.demo_nodes import DemoNodes
+    except ImportError as err:
+        return _error(f"the ROS 2 Python client library is not importable ({err}); install ROS 2 or "
+                      "pip install 'paradigms_policy[ros]'")
+    if args.episodes < 1:
+        return _error("--episodes must be at least 1")
+    try:
+        files = params_files(args)
+    except ValueError as err:
+        return _error(str(err))
     if args.video:
         Path(args.video).mkdir(parents=True, exist_ok=True)
     if args.json:  # before the run, so that a bad path fails now and not after the episodes
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    return run_nodes(lambda: DemoNodes(files, *node_overrides(args), domain_id=args.domain_id),
+                     lambda nodes: _run_episodes(args, nodes, files), PROG)
 
-    # Discovery stays on this machine unless the caller chose otherwise; a domain of our own.
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    domain_id = args.domain_id
-    if domain_id is None:
-        domain_id = int(os.environ["ROS_DOMAIN_ID"]) if os.environ.get("ROS_DOMAIN_ID", "").isdigit() \
-            else 1 + os.getpid() % 100
 
-    from ..ros.policy_node import PolicyNode, StartupError, tear_down
-    from ..ros.pusht_sim_node import PushTSimNode
-
-    cli_args = ["--ros-args"]
-    for f in files:
-        cli_args += ["--params-file", str(f)]
-    policy_overrides = [Parameter(name, value=value) for name, value in
-                        (("checkpoint", args.checkpoint), ("sampler", args.sampler), ("device", args.device),
-                         ("num_threads", args.num_threads)) if value is not None]
-    sim_overrides = [Parameter("episodes", value=args.episodes), Parameter("seed", value=args.seed)]
-    if args.max_steps is not None:
-        sim_overrides.append(Parameter("max_steps", value=args.max_steps))
-    if args.video:
-        sim_overrides.append(Parameter("video_dir", value=str(Path(args.video).resolve())))
-
-    context = Context()
-    rclpy.init(context=context, domain_id=domain_id)
-    nodes = []
-    executor = None
-    spinner = None
+def _run_episodes(args: argparse.Namespace, nodes, files: list[str]) -> int:
+    session, policy = nodes.session, nodes.policy
+    print(f"demo: ROS domain {session.domain_id} ({session.discovery_range} discovery), sampler "
+          f"{policy.sampler_choice.describe()} on {policy.policy.device}, {args.episodes} episode(s) from seed "
+          f"{args.seed}, parameters from {', '.join(map(str, files))}")
+    sim = nodes.sim_parameters(*SIM_TIMING)
+    rows = []
     try:
-        try:
-            policy = PolicyNode(context=context, cli_args=cli_args, parameter_overrides=policy_overrides)
-            nodes.append(policy)
-            sim = PushTSimNode(context=context, cli_args=cli_args, parameter_overrides=sim_overrides)
-            nodes.append(sim)
-        except StartupError as err:
-            print(f"paradigms-policy demo: error: {err}", file=sys.stderr)
-            return 2
-        print(f"demo: ROS domain {domain_id} ({os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE']} discovery), "
-              f"sampler {policy.statistics()['sampler']} on {policy.policy.device}, "
-              f"{args.episodes} episode(s) from seed {args.seed}, parameters from {', '.join(map(str, files))}")
-        executor = SingleThreadedExecutor(context=context)
-        for node in nodes:
-            executor.add_node(node)
-        def spin():
-            try:
-                executor.spin()
-            except ExternalShutdownException:  # Ctrl-C shut the context down
-                pass
-
-        spinner = threading.Thread(target=spin, name="demo-executor", daemon=True)
-        spinner.start()
-
-        sim_values = {name: sim.get_parameter(name).value for name in
-                      ("max_steps", "control_rate", "reset_pause_s", "lockstep", "lockstep_timeout_s",
-                       "max_real_time_factor")}
-        per_episode_s = sim_values["max_steps"] / sim_values["control_rate"] + sim_values["reset_pause_s"]
-        if sim_values["lockstep"]:  # faster than real time, but each step may wait up to the timeout
-            per_episode_s = (per_episode_s / sim_values["max_real_time_factor"]
-                             + sim_values["max_steps"] * sim_values["lockstep_timeout_s"])
-        deadline = time.monotonic() + args.episodes * (1.5 * per_episode_s + 10.0) + 30.0
-        reported = 0
-        chunk_mark = 0
-        rows = []
-        while reported < args.episodes:
-            if time.monotonic() > deadline:
-                print(f"paradigms-policy demo: error: timed out after {reported} of {args.episodes} episode(s)",
-                      file=sys.stderr)
-                return 1
-            sim.finished.wait(0.2)
-            while reported < len(sim.results):
-                result = sim.results[reported]
-                new_chunks = policy.chunk_count - chunk_mark
-                chunks = list(policy.chunk_log)[-new_chunks:] if new_chunks else []
-                chunk_mark += new_chunks
-                p50, p99 = percentiles([c["latency_s"] for c in chunks if c["latency_s"] is not None])
-                published = sum(c["published"] for c in chunks)
-                misses = len(chunks) - published
-                reported += 1
-                rows.append(dict(result, chunks=published, deadline_misses=misses,
-                                 latency_p50_ms=_ms(p50),
-                                 latency_p99_ms=_ms(p99)))
-                print(f"episode {reported}/{args.episodes} seed {result['seed']}: score {result['score']:.3f} "
-                      f"({'success' if result['success'] else 'no success'}), {result['steps']} steps "
-                      f"({result['held_steps']} without a fresh command), "
-                      f"{published} chunks, {misses} deadline misses, latency per chunk p50 {_fmt_ms(p50)} "
-                      f"p99 {_fmt_ms(p99)}" + (f", video {result['video']}" if "video" in result else ""), flush=True)
-
-        stats = policy.statistics()
-        log = list(policy.chunk_log)
-        p50, p99 = percentiles([c["latency_s"] for c in log if c["latency_s"] is not None])
-        a50, a99 = percentiles([c["ready_age_s"] for c in log if c["ready_age_s"] is not None])
-        scores = [r["score"] for r in sim.results]
-        successes = sum(r["success"] for r in sim.results)
-        print(f"mean score {sum(scores) / len(scores):.3f}, success {successes}/{len(scores)}")
-        print(f"latency per chunk: inference p50 {_fmt_ms(p50)}, p99 {_fmt_ms(p99)}; observation to ready "
-              f"p50 {_fmt_ms(a50)}, p99 {_fmt_ms(a99)}; {stats['chunks_published']} chunks published, "
-              f"{stats['deadline_misses']} deadline misses, mean rounds "
-              f"{'n/a' if stats['rounds_mean'] is None else format(stats['rounds_mean'], '.1f')}, "
-              f"{stats['observations_rejected']} observations rejected")
-        if args.json:
-            summary = {"sampler": stats["sampler"], "device": str(policy.policy.device),
-                       "lockstep": bool(sim_values["lockstep"]), "params_files": [str(f) for f in files],
-                       "episodes": len(scores), "mean_score": sum(scores) / len(scores),
-                       "success_rate": successes / len(scores),
-                       "latency_p50_ms": _ms(p50),
-                       "latency_p99_ms": _ms(p99),
-                       "chunks_published": stats["chunks_published"], "deadline_misses": stats["deadline_misses"],
-                       "rounds_mean": stats["rounds_mean"], "per_episode": rows}
-            Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
-            print(f"wrote {args.json}")
-        return 0
-    except KeyboardInterrupt:
-        print("paradigms-policy demo: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        tear_down(executor, spinner, nodes, context)
+        for result, chunks in nodes.episodes(args.episodes, timeout_s(sim, args.episodes)):
+            rows.append(episode_row(result, chunks))
+            print(episode_line(rows[-1], len(rows), args.episodes), flush=True)
+    except TimeoutError as err:
+        return _error(str(err), 1)
+    stats, log = policy.statistics(), policy.ledger.records()
+    print("\n".join(summary_lines(rows, stats, log)))
+    if args.json:
+        document = summary_document(rows, stats, log, bool(sim["lockstep"]), files)
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="paradigms-policy demo", description=__doc__)
-    add_demo_arguments(parser)
-    return run_demo(parser.parse_args(argv))
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from ..resources import shipped_checkpoint
+from .options import add_sampler_options, add_scheduler_options, parallel_options, sampler_specs, scheduler_overrides
+from .output import saved_figure, write_json
+
 PAPER_FIRST_SEED = 100000
 PAPER_EPISODES = 50
 MAX_EPISODE_STEPS = 300
@@ -29,16 +33,64 @@ MAX_EPISODE_STEPS = 300
 _worker_policy = None
 
 
+def add_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", help="policy checkpoint (default: the shipped Push-T checkpoint)")
+    parser.add_argument("--sampler", default="sequential", help="sampler name, or several comma-separated to compare")
+    parser.add_argument("--episodes", type=int, default=PAPER_EPISODES)
+    parser.add_argument("--seed", type=int, default=PAPER_FIRST_SEED, help="first episode seed")
+    parser.add_argument("--max-steps", type=int, default=300, help="environment steps per episode")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel episode processes")
+    parser.add_argument("--device", default="cpu", help="device of each worker's policy")
+    parser.add_argument("--json", help="write the results here: one object per sampler (a list when several)")
+    parser.add_argument("--plot", help="PNG comparing the samplers' scores and latencies")
+    parser.add_argument("--video", metavar="DIR", help="write a GIF of every episode into DIR")
+    parser.add_argument("--episode-log", help="JSON-lines file of finished episodes; episodes already in it are "
+                                              "not run again (default: next to --json)")
+    parser.add_argument("--delay-steps", type=int, default=0,
+                        help="emulate a real-time controller: each chunk's actions arrive this many steps late")
+    parser.add_argument("--replan-every", type=int,
+                        help="plan a new chunk every this many steps (default: the checkpoint's n_action_steps)")
+    parser.add_argument("--real-time-chunking", action="store_true",
+                        help="inpaint each new chunk with the actions committed while it is computed")
+    add_scheduler_options(parser)
+    add_sampler_options(parser)
+
+
+def run(args) -> int:
+    if args.episodes < 1:
+        raise ValueError("--episodes must be at least 1")
+    checkpoint = args.checkpoint or shipped_checkpoint()
+    specs = sampler_specs(args.sampler, parallel_options(args))
+    execution = {name: value for name, value in (("delay_steps", args.delay_steps), ("replan_every", args.replan_every),
+                                                 ("real_time_chunking", args.real_time_chunking)) if value}
+    seeds = list(range(args.seed, args.seed + args.episodes))
+    episode_log = args.episode_log or (f"{args.json}.episodes.jsonl" if args.json else None)
+    summaries = evaluate(checkpoint, [(spec.name, spec.options) for spec in specs], seeds, workers=args.workers,
+                         device=args.device, max_steps=args.max_steps, video_dir=args.video, episode_log=episode_log,
+                         scheduler=scheduler_overrides(args), execution=execution)
+    print(format_table(summaries))
+    if args.json:
+        write_json(summaries[0] if len(summaries) == 1 else summaries, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot_comparison(summaries, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def run_episode(policy, seed: int, max_steps: int = MAX_EPISODE_STEPS, video_path: str | Path | None = None,
-                delay_steps: int = 0, replan_every: int | None = None) -> dict[str, Any]:
-    """One Push-T episode; returns its score, success and per-chunk sampler statistics.
+                delay_steps: int = 0, replan_every: int | None = None,
+                real_time_chunking: bool = False) -> dict[str, Any]:
+    """One Push-T episode; returns its score, success, per-chunk sampler statistics and smoothness.
 
     By default the protocol of the paper: plan from the observation at step t, execute its
     n_action_steps actions at t, t+1, ..., then plan again. delay_steps and replan_every emulate a
     controller that runs in real time, as policy_node does: a chunk is planned every
     `replan_every` steps, its actions arrive `delay_steps` steps late (the previous chunk's, or
     holding the agent still, fill the gap), and actions delay_steps .. delay_steps + replan_every - 1
-    of it are executed.
+    of it are executed. real_time_chunking: each new chunk is inpainted with the actions that are
+    committed when it is planned (the last executed one and the delay_steps that run before it
+    arrives), so it continues them.
     """
     import torch
 
@@ -51,21 +103,16 @@ def run_episode(policy, seed: int, max_steps: int = MAX_EPISODE_STEPS, video_pat
         observation = env.reset(seed=seed)
         history = deque([observation] * policy.config.n_obs_steps, maxlen=policy.config.n_obs_steps)
         generator = torch.Generator().manual_seed(seed)
-        coverages, latencies, rounds, evals, frames = [], [], [], [], []
-        planned: dict[int, np.ndarray] = {}  # step -> action
-        action = observation[-2:]  # before the first chunk arrives the agent holds still
+        player = ChunkPlayer(delay_steps, replan_every, hold=observation[-2:])
+        coverages, outputs, frames = [], [], []
         done = False
         while not done and len(coverages) < max_steps:
             step = len(coverages)
             if step % replan_every == 0:
-                output = policy.predict(np.stack(history), generator=generator)
-                latencies.append(output.latency_s)
-                rounds.append(output.stats.rounds)
-                evals.append(output.stats.model_evals)
-                ahead = policy.executed_actions(output.action_horizon, delay_steps + replan_every)
-                planned.update({step + j: ahead[j] for j in range(delay_steps, delay_steps + replan_every)})
-            action = planned.pop(step, action)
-            observation, coverage, done, _ = env.step(action)
+                options = commitment_options(policy, player, step) if real_time_chunking else {}
+                outputs.append(policy.predict(np.stack(history), generator=generator, **options))
+                player.receive(step, policy.executed_actions(outputs[-1].action_horizon, delay_steps + replan_every))
+            observation, coverage, done, _ = env.step(player.next_action(step))
             history.append(observation)
             coverages.append(coverage)
             if video_path is not None:
@@ -77,18 +124,76 @@ def run_episode(policy, seed: int, max_steps: int = MAX_EPISODE_STEPS, video_pat
             imageio.mimsave(video_path, frames, duration=0.1, loop=0)
     finally:
         env.close()
-    return {
-        "seed": seed,
-        "score": float(score),
-        "success": bool(success),
-        "max_coverage": float(max(coverages)),
-        "steps": len(coverages),
-        "chunks": len(latencies),
-        "latency_p50_ms": 1000 * float(np.median(latencies)),
-        "latency_max_ms": 1000 * float(np.max(latencies)),
-        "rounds_median": float(np.median(rounds)),
-        "model_evals_median": float(np.median(evals)),
-    }
+    return {"seed": seed, "score": float(score), "success": bool(success), "max_coverage": float(max(coverages)),
+            "steps": len(coverages), **chunk_statistics(outputs), **player.smoothness()}
+
+
+def chunk_statistics(outputs) -> dict[str, Any]:
+    latencies = [output.latency_s for output in outputs]
+    return {"chunks": len(outputs), "latency_p50_ms": 1000 * float(np.median(latencies)),
+            "latency_max_ms": 1000 * float(np.max(latencies)),
+            "rounds_median": float(np.median([output.stats.rounds for output in outputs])),
+            "model_evals_median": float(np.median([output.stats.model_evals for output in outputs]))}
+
+
+class ChunkPlayer:
+    """The actions a controller executes when chunks planned every `replan_every` steps arrive `delay_steps` late.
+
+    Until a chunk's actions are due, the previous chunk's continue, or the agent holds its last
+    target. Records every executed action and the steps at which a new chunk took over.
+    """
+
+    def __init__(self, delay_steps: int, replan_every: int, hold: np.ndarray):
+        self.delay_steps, self.replan_every = delay_steps, replan_every
+        self.planned: dict[int, np.ndarray] = {}  # step -> action
+        self.executed: list[np.ndarray] = []
+        self.switches: list[int] = []  # steps whose action was a new chunk's first
+        self.hold = np.asarray(hold, dtype=np.float64)
+
+    def committed(self, step: int) -> list[np.ndarray]:
+        """What is fixed when a chunk is planned at `step`: the last executed action, then the actions of
+        steps step .. step + delay_steps - 1, which run before the new chunk arrives."""
+        actions = self.executed[-1:]
+        upcoming = self.executed[-1] if self.executed else self.hold
+        for due in range(step, step + self.delay_steps):
+            upcoming = self.planned.get(due, upcoming)
+            actions.append(upcoming)
+        return actions
+
+    def receive(self, step: int, ahead: np.ndarray) -> None:
+        """A chunk planned at `step` (its actions from that step on) replaces the plan from step + delay on."""
+        first = step + self.delay_steps
+        self.planned.update({first + j: ahead[self.delay_steps + j] for j in range(self.replan_every)})
+        self.switches.append(first)
+
+    def next_action(self, step: int) -> np.ndarray:
+        previous = self.executed[-1] if self.executed else self.hold
+        self.executed.append(self.planned.pop(step, previous))
+        return self.executed[-1]
+
+    def smoothness(self) -> dict[str, float]:
+        """Mean and max jump at chunk switches (new chunk's first action against the action before it),
+        and the mean step between consecutive actions within a chunk (pixels)."""
+        steps = np.linalg.norm(np.diff(np.asarray(self.executed), axis=0), axis=1)  # steps[k-1]: action k-1 -> k
+        switch = {k for k in self.switches if 0 < k < len(self.executed)}
+        jumps = [steps[k - 1] for k in sorted(switch)]
+        within = [steps[k - 1] for k in range(1, len(self.executed)) if k not in switch]
+        return {"switch_jump_mean": float(np.mean(jumps)) if jumps else 0.0,
+                "switch_jump_max": float(np.max(jumps)) if jumps else 0.0,
+                "step_mean": float(np.mean(within)) if within else 0.0}
+
+
+def commitment_options(policy, player: ChunkPlayer, step: int) -> dict[str, Any]:
+    """Sampler options that inpaint the player's committed actions at their places in the new chunk's horizon.
+
+    Horizon position n_obs_steps - 1 is the newest observation's step, so the last executed action
+    sits one before it.
+    """
+    actions = player.committed(step)
+    if not actions:
+        return {}
+    first = policy.config.n_obs_steps - 1 - (1 if player.executed else 0)
+    return policy.commitment(np.stack(actions), first)
 
 
 def checked_replan_every(config, delay_steps: int = 0, replan_every: int | None = None) -> int:
@@ -120,6 +225,9 @@ def summarize(sampler: str, options: dict[str, Any], episodes: list[dict[str, An
         "rounds_median": float(np.median([row["rounds_median"] for row in episodes])),
         "model_evals_median": float(np.median([row["model_evals_median"] for row in episodes])),
         "latency_p50_ms": float(np.median([row["latency_p50_ms"] for row in episodes])),
+        **({"switch_jump_mean": float(np.mean([row["switch_jump_mean"] for row in episodes])),
+            "switch_jump_max": float(np.max([row["switch_jump_max"] for row in episodes])),
+            "step_mean": float(np.mean([row["step_mean"] for row in episodes]))} if "step_mean" in episodes[0] else {}),
         "per_episode": episodes,
     }
 
@@ -147,7 +255,8 @@ def evaluate(checkpoint: str | Path, samplers: list[tuple[str, dict[str, Any]]],
     from ..checkpoint import read_weights
 
     config = read_weights(checkpoint).config.with_scheduler(**(scheduler or {}))
-    checked_replan_every(config, **(execution or {}))
+    execution = execution or {}
+    checked_replan_every(config, execution.get("delay_steps", 0), execution.get("replan_every"))
     if video_dir is not None:
         Path(video_dir).mkdir(parents=True, exist_ok=True)
     keys = [_episode_key(name, options, max_steps, scheduler, execution) for name, options in samplers]
@@ -199,60 +308,25 @@ def _read_episode_log(path: str | Path | None) -> dict[tuple[str, int], dict[str
 
 def plot_comparison(summaries: list[dict[str, Any]], path: str | Path) -> None:
     """Score (mean, 95% CI) and latency per chunk for each sampler, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = [row["label"].replace(" ", "\n") for row in summaries]
     # Room for the option-laden labels of every sampler, one per line.
-    figure, (score_axis, latency_axis) = plt.subplots(1, 2, figsize=(max(9.0, 2.8 * len(summaries)), 3.8))
-    means = [row["mean_score"] for row in summaries]
-    errors = [[row["mean_score"] - row["score_ci95"][0] for row in summaries],
-              [row["score_ci95"][1] - row["mean_score"] for row in summaries]]
-    score_axis.bar(labels, means, yerr=errors, capsize=6, color="tab:blue")
-    score_axis.set_ylim(min(0.8, min(means) - 0.05), 1.0)
-    score_axis.set_ylabel("mean score (95% CI)")
-    score_axis.set_title(f"Push-T, {summaries[0]['episodes']} episodes")
-    latencies = [row["latency_p50_ms"] for row in summaries]
-    bars = latency_axis.bar(labels, latencies, color="tab:orange")
-    for bar, row in zip(bars, summaries):
-        latency_axis.annotate(f"{row['rounds_median']:g} rounds", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                              ha="center", va="bottom", fontsize=9)
-    latency_axis.set_ylabel("latency per chunk, p50 (ms)")
-    latency_axis.set_title("sampling time per chunk")
-    for axis in (score_axis, latency_axis):
-        axis.tick_params(axis="x", labelsize=8)
-    figure.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-def plot_training_curve(points: list[tuple[int, dict[str, Any]]], path: str | Path) -> None:
-    """Mean score (95% CI) and success rate against training steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [step for step, _ in points]
-    means = np.array([summary["mean_score"] for _, summary in points])
-    lows = np.array([summary["score_ci95"][0] for _, summary in points])
-    highs = np.array([summary["score_ci95"][1] for _, summary in points])
-    figure, axis = plt.subplots(figsize=(6, 3.6))
-    axis.plot(steps, means, "o-", label="mean score")
-    axis.fill_between(steps, lows, highs, alpha=0.25, label="95% CI")
-    axis.plot(steps, [summary["success_rate"] for _, summary in points], "s--", label="success rate")
-    axis.set_xlabel("training steps")
-    axis.set_ylim(0, 1.02)
-    axis.set_title(f"Push-T, {points[0][1]['sampler']}, {points[0][1]['episodes']} episodes per checkpoint")
-    axis.grid(alpha=0.3)
-    axis.legend(loc="lower right")
-    figure.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with saved_figure(path, ncols=2, figsize=(max(9.0, 2.8 * len(summaries)), 3.8)) as (score_axis, latency_axis):
+        means = [row["mean_score"] for row in summaries]
+        errors = [[row["mean_score"] - row["score_ci95"][0] for row in summaries],
+                  [row["score_ci95"][1] - row["mean_score"] for row in summaries]]
+        score_axis.bar(labels, means, yerr=errors, capsize=6, color="tab:blue")
+        score_axis.set_ylim(min(0.8, min(means) - 0.05), 1.0)
+        score_axis.set_ylabel("mean score (95% CI)")
+        score_axis.set_title(f"Push-T, {summaries[0]['episodes']} episodes")
+        bars = latency_axis.bar(labels, [row["latency_p50_ms"] for row in summaries], color="tab:orange")
+        for bar, row in zip(bars, summaries):
+            latency_axis.annotate(f"{row['rounds_median']:g} rounds",
+                                  (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                                  fontsize=9)
+        latency_axis.set_ylabel("latency per chunk, p50 (ms)")
+        latency_axis.set_title("sampling time per chunk")
+        for axis in (score_axis, latency_axis):
+            axis.tick_params(axis="x", labelsize=8)
 
 
 def format_table(summaries: list[dict[str, Any]]) -> str:

@@ -4,7 +4,7 @@ One process holds the real `PolicyNode`, a probe node that publishes a stamped P
 observation (sensor_msgs/JointState) once per control cycle and counts the JointTrajectory and
 /diagnostics messages that come back, all on one SingleThreadedExecutor over DDS (LOCALHOST
 discovery, a ROS domain of its own). The node's control_rate is the soak rate, so the timing
-conventions of `chunk_timing` hold (observations one period apart, actions one period apart).
+conventions of `control.timing` hold (observations one period apart, actions one period apart).
 
 Every --sample-every cycles the process's resident set size (VmRSS from /proc/self/status;
 elsewhere resource.getrusage's peak) and, with --tracemalloc, the traced Python heap are sampled.
@@ -16,72 +16,28 @@ The verdict is information: the exit code is 0 whenever the soak completes (2 on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
-import os
 import sys
 import tempfile
-import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from ..control.memory import MemorySampler, read_peak_rss_kib, slope_per_1000
+from ..resources import shipped_checkpoint
 
 PROG = "paradigms-policy soak"
 MIB = 1024.0
+# The node's statistics the summary takes over as they are.
+NODE_STATISTICS = ("chunks_published", "inferences", "deadline_misses", "miss_late", "miss_no_time", "miss_outdated",
+                   "inference_errors", "observations_received", "observations_accepted", "observations_rejected",
+                   "windows_not_contiguous", "latency_p50_ms", "latency_p99_ms", "rounds_mean")
 
 
 # ----------------------------------------------------------------------------------------------
-# Measurements (no ROS needed)
-
-
-def read_process_status() -> dict[str, float]:
-    """The numeric fields of /proc/self/status (KiB for memory, a count for Threads); {} where it is absent."""
-    fields: dict[str, float] = {}
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                name, _, value = line.partition(":")
-                parts = value.split()
-                if parts and parts[0].isdigit():
-                    fields[name] = float(parts[0])
-    except OSError:
-        pass
-    return fields
-
-
-def read_rss_kib() -> tuple[float, str]:
-    """The process's resident set size in KiB and where it came from."""
-    rss = read_process_status().get("VmRSS")
-    if rss is not None:
-        return rss, "VmRSS"
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (peak / 1024.0 if sys.platform == "darwin" else float(peak)), "ru_maxrss (peak)"
-
-
-def read_memory_details() -> dict[str, float]:
-    """RssAnon, RssFile (mapped files, e.g. libraries paged in) and RssShmem in KiB, and the thread count."""
-    wanted = {"RssAnon": "rss_anon_kib", "RssFile": "rss_file_kib", "RssShmem": "rss_shmem_kib", "Threads": "threads"}
-    status = read_process_status()
-    return {key: status[field] for field, key in wanted.items() if field in status}
-
-
-def read_peak_rss_kib() -> float | None:
-    return read_process_status().get("VmHWM")
-
-
-def slope_per_1000(cycles: list[float], values: list[float]) -> float | None:
-    """Least-squares slope of `values` against `cycles`, per 1000 cycles (None below 2 points)."""
-    n = len(cycles)
-    if n < 2:
-        return None
-    mean_x = sum(cycles) / n
-    mean_y = sum(values) / n
-    sxx = sum((x - mean_x) ** 2 for x in cycles)
-    if sxx == 0:
-        return None
-    sxy = sum((x - mean_x) * (y - mean_y) for x, y in zip(cycles, values))
-    return 1000.0 * sxy / sxx
+# Observations and the verdict
 
 
 def pusht_observation(cycle: int, rate: float):
@@ -130,7 +86,7 @@ def verdict_line(slope_kib: float | None, growth_kib: float | None, tolerance: f
 # Arguments
 
 
-def add_soak_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--checkpoint", default=None, help="policy checkpoint (default: the shipped Push-T checkpoint)")
     model.add_argument("--random-tiny", action="store_true",
@@ -138,7 +94,7 @@ def add_soak_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cycles", type=int, default=10000, help="control cycles (observations) (default: %(default)s)")
     parser.add_argument("--rate", type=float, default=50.0,
                         help="observations per second; also the node's control_rate (default: %(default)s)")
-    parser.add_argument("--sampler", default="paradigms", help="sampler of the node (default: %(default)s)")
+    parser.add_argument("--sampler", default="parataa", help="sampler of the node (default: %(default)s)")
     parser.add_argument("--inference-steps", type=int, default=10,
                         help="denoising steps override; 0 = the checkpoint's (default: %(default)s)")
     parser.add_argument("--scheduler", choices=["ddpm", "ddim", "dpmsolver"], default=None,
@@ -203,282 +159,198 @@ def save_tiny_checkpoint(directory: Path, seed: int) -> Path:
     return save_policy(directory / "tiny", config, model, pixels, actions, metadata={"note": "random, soak test"})
 
 
-def _error(message: str) -> int:
+def _error(message: str, code: int = 2) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 2
+    return code
 
 
-# ----------------------------------------------------------------------------------------------
-# The soak
+@contextlib.contextmanager
+def soak_checkpoint(args) -> Iterator[tuple[str, str]]:
+    """(checkpoint path, label): the tiny random one (in a temporary directory) or the chosen one."""
+    if not args.random_tiny:
+        checkpoint = str(args.checkpoint or shipped_checkpoint())
+        yield checkpoint, checkpoint
+        return
+    with tempfile.TemporaryDirectory(prefix="soak_ckpt_") as directory:
+        yield str(save_tiny_checkpoint(Path(directory), args.seed)), "random tiny (16, 32), DDIM"
 
 
-def run_soak(args: argparse.Namespace) -> int:
+def node_parameters(args, checkpoint: str, deadline_ms: float) -> dict[str, Any]:
+    """The policy node's parameters: the soak rate is its control rate."""
+    return {"checkpoint": checkpoint, "device": args.device, "sampler": args.sampler,
+            "num_inference_steps": args.inference_steps, "scheduler": args.scheduler or "",
+            "control_rate": float(args.rate), "deadline_ms": float(deadline_ms), "num_threads": args.num_threads,
+            "diagnostics_rate": float(args.diagnostics_rate), "seed": args.seed, "warmup_runs": 2}
+
+
+def deadline_for(args, checkpoint: str) -> float:
+    """--deadline-ms, else 70% of the chunk's span (n_action_steps - 1) / rate, in ms."""
+    if args.deadline_ms is not None:
+        return args.deadline_ms
+    from ..checkpoint import read_weights
+
+    config = read_weights(checkpoint).config
+    return round(0.7 * (config.n_action_steps - 1) * 1000.0 / args.rate, 1)
+
+
+@dataclass
+class SoakRun:
+    """What a soak measured."""
+
+    label: str
+    deadline_ms: float
+    domain_id: int
+    duration_s: float
+    late_cycles: int
+    counts: dict[str, int]
+    stats: dict[str, Any]
+    chunk_log: list[dict[str, Any]]
+    memory: MemorySampler
+
+
+def publish_cycles(args, probe, memory: MemorySampler) -> tuple[float, int]:
+    """Publish --cycles observations one period apart, sampling memory; (seconds taken, late cycles)."""
+    period = 1.0 / args.rate
+    progress_every = max(1, args.cycles // 10)
+    late_cycles = 0
+    started = next_due = time.monotonic()
+
+    def sample(cycle: int) -> None:
+        memory.sample(cycle, trajectories=probe.counts["trajectories"], chunk_log_len=len(probe.node.ledger.records()))
+
+    sample(0)
+    for cycle in range(args.cycles):
+        now = time.monotonic()
+        if next_due > now:
+            time.sleep(next_due - now)
+        elif now - next_due > 0.5 * period:
+            late_cycles += 1
+            next_due = now  # do not bunch observations up to catch up: keep them a period apart
+        probe.publish(pusht_observation(cycle, args.rate))
+        next_due += period
+        done = cycle + 1
+        if done % args.sample_every == 0 or done == args.cycles or done == memory.warmup_cycles:
+            sample(done)
+        if not args.quiet and done % progress_every == 0:
+            stats = probe.node.statistics()
+            print(f"  cycle {done}/{args.cycles}: RSS {memory.samples[-1]['rss_kib'] / MIB:.1f} MiB, "
+                  f"{probe.counts['trajectories']} trajectories, {stats['deadline_misses']} misses, "
+                  f"{stats['observations_rejected']} rejected", flush=True)
+    return time.monotonic() - started, late_cycles
+
+
+def run(args: argparse.Namespace) -> int:
     problems = _argument_problems(args)
     if problems:
         return _error("; ".join(problems))
     try:
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.context import Context
-        from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-        from rclpy.parameter import Parameter
-        from sensor_msgs.msg import JointState
-        from trajectory_msgs.msg import JointTrajectory
+        from ..ros.common import run_nodes
+        from ..ros.soak_probe import SoakProbe
     except ImportError as err:
-        return _error(f"rclpy is not importable ({err}); install ROS 2 or pip install 'paradigms_policy[ros]'")
-
-    from ..checkpoint import CheckpointError, read_weights
+        return _error(f"the ROS 2 Python client library is not importable ({err}); install ROS 2 or "
+                      "pip install 'paradigms_policy[ros]'")
+    from ..checkpoint import CheckpointError
     from ..config import ConfigError
-    from ..resources import shipped_checkpoint
-    from ..ros.policy_node import RELIABLE_COMMANDS, PolicyNode, StartupError, tear_down
 
-    temporary = tempfile.TemporaryDirectory(prefix="soak_ckpt_") if args.random_tiny else None
-    try:
-        if temporary is not None:
-            checkpoint = str(save_tiny_checkpoint(Path(temporary.name), args.seed))
-            label = "random tiny (16, 32), DDIM"
-        else:
-            checkpoint = str(args.checkpoint or shipped_checkpoint())
-            label = checkpoint
+    with soak_checkpoint(args) as (checkpoint, label):
         try:
-            config = read_weights(checkpoint).config
+            deadline_ms = deadline_for(args, checkpoint)
         except (CheckpointError, ConfigError, ValueError, OSError) as err:
             return _error(f"cannot use the checkpoint: {err}")
-        span_ms = (config.n_action_steps - 1) * 1000.0 / args.rate
-        deadline_ms = args.deadline_ms if args.deadline_ms is not None else round(0.7 * span_ms, 1)
-        del config
+        return run_nodes(lambda: SoakProbe(node_parameters(args, checkpoint, deadline_ms), args.domain_id),
+                         lambda probe: _soak(args, probe, label, deadline_ms), PROG)
 
-        os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-        domain_id = args.domain_id
-        if domain_id is None:
-            domain_id = int(os.environ["ROS_DOMAIN_ID"]) if os.environ.get("ROS_DOMAIN_ID", "").isdigit() \
-                else 1 + os.getpid() % 100
 
-        overrides = {"checkpoint": checkpoint, "device": args.device, "sampler": args.sampler,
-                     "num_inference_steps": args.inference_steps, "scheduler": args.scheduler or "",
-                     "control_rate": float(args.rate), "deadline_ms": float(deadline_ms),
-                     "num_threads": args.num_threads, "diagnostics_rate": float(args.diagnostics_rate),
-                     "seed": args.seed, "warmup_runs": 2}
+def _soak(args, probe, label: str, deadline_ms: float) -> int:
+    if not probe.wait_for_discovery(10.0):
+        return _error("the probe and the policy node did not discover each other in 10 s", 1)
+    stats, scheduler = probe.node.statistics(), probe.node.policy.config.scheduler
+    print(f"soak: {args.cycles} cycles at {args.rate:g} Hz, checkpoint {label}, sampler "
+          f"{probe.node.sampler_choice.describe()} on {stats['device']}, {scheduler.name} x "
+          f"{scheduler.num_inference_steps} steps, deadline {deadline_ms:g} ms, ROS domain {probe.session.domain_id}",
+          flush=True)
+    memory = MemorySampler(args.tracemalloc, int(args.cycles * args.warmup_fraction))
+    duration, late_cycles = publish_cycles(args, probe, memory)
+    # Let the last chunk arrive (inference of the last window, then delivery).
+    time.sleep(min(5.0, deadline_ms / 1000.0 + 3 / args.rate + 0.2))
+    run = SoakRun(label, deadline_ms, probe.session.domain_id, duration, late_cycles, dict(probe.counts),
+                  probe.node.statistics(), probe.node.ledger.records(), memory)
+    summary = summarise(args, run)
+    print(format_summary(summary), flush=True)
+    if args.json:
+        from .output import write_json
 
-        context = Context()
-        rclpy.init(context=context, domain_id=domain_id)
-        nodes: list = []
-        executor = None
-        spinner = None
-        try:
-            try:
-                node = PolicyNode(context=context,
-                                  parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
-            except StartupError as err:
-                return _error(str(err))
-            nodes.append(node)
-            probe = rclpy.create_node("soak_probe", context=context)
-            nodes.append(probe)
-            counts = {"trajectories": 0, "diagnostics": 0, "diagnostics_ok": 0, "diagnostics_warn": 0,
-                      "diagnostics_error": 0}
-
-            def on_trajectory(_msg) -> None:
-                counts["trajectories"] += 1  # one subscription, one callback at a time
-
-            def on_diagnostics(msg) -> None:
-                counts["diagnostics"] += 1
-                for status in msg.status:
-                    level = status.level  # a one-byte bytes object in rclpy
-                    level = level[0] if isinstance(level, (bytes, bytearray)) else int(level)
-                    counts["diagnostics_ok" if level == 0 else "diagnostics_warn" if level == 1
-                           else "diagnostics_error"] += 1
-
-            probe.create_subscription(JointTrajectory, node.get_parameter("trajectory_topic").value, on_trajectory,
-                                      RELIABLE_COMMANDS)
-            probe.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
-            observation_pub = probe.create_publisher(JointState, node.get_parameter("observation_topic").value, 10)
-
-            executor = SingleThreadedExecutor(context=context)
-            for each in nodes:
-                executor.add_node(each)
-
-            def spin() -> None:
-                try:
-                    executor.spin()
-                except ExternalShutdownException:
-                    pass
-
-            spinner = threading.Thread(target=spin, name="soak-executor", daemon=True)
-            spinner.start()
-            trajectory_topic = node.get_parameter("trajectory_topic").value
-            discovery_end = time.monotonic() + 10.0
-            while not (observation_pub.get_subscription_count() >= 1 and node.count_subscribers(trajectory_topic) >= 1):
-                if time.monotonic() > discovery_end:
-                    print(f"{PROG}: error: the probe and the policy node did not discover each other in 10 s",
-                          file=sys.stderr)
-                    return 1
-                time.sleep(0.01)
-
-            stats0 = node.statistics()
-            scheduler = node.policy.config.scheduler
-            print(f"soak: {args.cycles} cycles at {args.rate:g} Hz, checkpoint {label}, sampler {stats0['sampler']} "
-                  f"on {stats0['device']}, {scheduler.name} x {scheduler.num_inference_steps} steps, deadline "
-                  f"{deadline_ms:g} ms, ROS domain {domain_id}", flush=True)
-
-            if args.tracemalloc:
-                import tracemalloc
-
-                tracemalloc.start()
-            samples: list[dict[str, Any]] = []
-            warmup_cycles = int(args.cycles * args.warmup_fraction)
-            period = 1.0 / args.rate
-            clock = probe.get_clock()
-            late_cycles = 0
-            rss_source = None
-
-            snapshots: list = []
-
-            def sample(cycle: int, started: float) -> None:
-                nonlocal rss_source
-                if args.tracemalloc and cycle == warmup_cycles and not snapshots:
-                    snapshots.append(tracemalloc.take_snapshot())
-                rss, rss_source = read_rss_kib()
-                entry = {"cycle": cycle, "t_s": round(time.monotonic() - started, 3), "rss_kib": rss,
-                         "trajectories": counts["trajectories"], "chunk_log_len": len(node.chunk_log)}
-                entry.update(read_memory_details())
-                if args.tracemalloc:
-                    entry["heap_kib"] = tracemalloc.get_traced_memory()[0] / 1024.0
-                samples.append(entry)
-
-            progress_every = max(1, args.cycles // 10)
-            started = time.monotonic()
-            next_due = started
-            sample(0, started)
-            for cycle in range(args.cycles):
-                now = time.monotonic()
-                if next_due > now:
-                    time.sleep(next_due - now)
-                elif now - next_due > 0.5 * period:
-                    late_cycles += 1
-                    next_due = now  # do not bunch observations up to catch up: keep them a period apart
-                msg = JointState()
-                stamp = clock.now().nanoseconds
-                msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
-                msg.position = [float(v) for v in pusht_observation(cycle, args.rate)]
-                observation_pub.publish(msg)
-                next_due += period
-                done = cycle + 1
-                if done % args.sample_every == 0 or done == args.cycles or done == warmup_cycles:
-                    sample(done, started)
-                if not args.quiet and done % progress_every == 0:
-                    stats = node.statistics()
-                    print(f"  cycle {done}/{args.cycles}: RSS {samples[-1]['rss_kib'] / MIB:.1f} MiB, "
-                          f"{counts['trajectories']} trajectories, {stats['deadline_misses']} misses, "
-                          f"{stats['observations_rejected']} rejected", flush=True)
-            duration = time.monotonic() - started
-            # Let the last chunk arrive (inference of the last window, then delivery).
-            time.sleep(min(5.0, deadline_ms / 1000.0 + 3 * period + 0.2))
-            stats = node.statistics()
-            chunk_log = list(node.chunk_log)
-            top_growth = None
-            if args.tracemalloc:
-                if snapshots:
-                    top_growth = heap_growth_sites(snapshots[0], tracemalloc.take_snapshot())
-                tracemalloc.stop()
-
-            summary = summarise(args, label, deadline_ms, domain_id, duration, samples, warmup_cycles, counts,
-                                stats, late_cycles, rss_source, chunk_log)
-            if top_growth is not None:
-                summary["heap_growth_sites"] = top_growth
-            print(format_summary(summary), flush=True)
-            if args.json:
-                from .bench import write_json
-
-                write_json({"summary": summary, "samples": samples}, args.json)
-                print(f"wrote {args.json}")
-            if args.plot:
-                plot_rss(samples, warmup_cycles, summary, args.plot)
-                print(f"wrote {args.plot}")
-            return 0
-        except KeyboardInterrupt:
-            print(f"{PROG}: interrupted", file=sys.stderr)
-            return 130
-        finally:
-            tear_down(executor, spinner, nodes, context)
-    finally:
-        if temporary is not None:
-            temporary.cleanup()
+        write_json({"summary": summary, "samples": memory.samples}, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot_rss(memory.samples, memory.warmup_cycles, summary, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
 
 
 def _mib(kib: float | None) -> float | None:
     return None if kib is None else round(kib / MIB, 2)
 
 
-def summary_half(samples: list[dict[str, Any]]) -> float:
-    """The cycle that starts the last half of the run."""
-    return samples[-1]["cycle"] / 2.0
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
-def summarise(args, label, deadline_ms, domain_id, duration, samples, warmup_cycles, counts, stats, late_cycles,
-              rss_source, chunk_log) -> dict[str, Any]:
-    after = [s for s in samples if s["cycle"] >= warmup_cycles]
-    slope = slope_per_1000([s["cycle"] for s in after], [s["rss_kib"] for s in after])
-    late = [s for s in after if s["cycle"] >= summary_half(samples)]
-    late_slope = slope_per_1000([s["cycle"] for s in late], [s["rss_kib"] for s in late])
-    start, end = (after[0], after[-1]) if after else (samples[0], samples[-1])
-    post_cycles = end["cycle"] - start["cycle"]
-    growth = None if slope is None else slope * post_cycles / 1000.0
-    # The node keeps a record per chunk (and per miss) in a deque (bounded, but large): estimate
-    # what the records added after the warm-up hold, to tell that part of the growth apart.
-    per_record = (sum(deep_size(r) for r in chunk_log[-50:]) / min(50, len(chunk_log))) if chunk_log else 0.0
-    explained = None
-    if after:
-        explained = (end["chunk_log_len"] - start["chunk_log_len"]) * per_record / 1024.0
+def summarise(args, run: SoakRun) -> dict[str, Any]:
+    """The summary document: the run, the node's counters, and the memory after the warm-up."""
+    stats, counts = run.stats, run.counts
     summary: dict[str, Any] = {
-        "checkpoint": label, "sampler": stats["sampler"], "device": stats["device"],
-        "inference_steps": args.inference_steps, "rate_hz": args.rate, "deadline_ms": deadline_ms,
-        "domain_id": domain_id, "cycles": args.cycles, "duration_s": round(duration, 2),
-        "achieved_rate_hz": round(args.cycles / duration, 2) if duration > 0 else None,
-        "late_cycles": late_cycles, "warmup_cycles": warmup_cycles,
-        "trajectories_received": counts["trajectories"], "chunks_published": stats["chunks_published"],
-        "inferences": stats["inferences"], "deadline_misses": stats["deadline_misses"],
-        "miss_late": stats["miss_late"], "miss_no_time": stats["miss_no_time"],
-        "miss_outdated": stats["miss_outdated"], "inference_errors": stats["inference_errors"],
-        "observations_received": stats["observations_received"],
-        "observations_accepted": stats["observations_accepted"],
-        "observations_rejected": stats["observations_rejected"],
-        "windows_not_contiguous": stats["windows_not_contiguous"],
-        "latency_p50_ms": stats["latency_p50_ms"], "latency_p99_ms": stats["latency_p99_ms"],
-        "rounds_mean": stats["rounds_mean"],
-        "diagnostics_received": counts["diagnostics"], "diagnostics_warn": counts["diagnostics_warn"],
-        "diagnostics_error": counts["diagnostics_error"],
-        "rss_source": rss_source, "rss_start_mib": round(start["rss_kib"] / MIB, 2),
-        "rss_end_mib": round(end["rss_kib"] / MIB, 2),
-        "rss_min_mib": round(min(s["rss_kib"] for s in after or samples) / MIB, 2),
-        "rss_max_mib": round(max(s["rss_kib"] for s in after or samples) / MIB, 2),
-        "rss_peak_mib": _mib(read_peak_rss_kib()),
-        "rss_slope_kib_per_1000_cycles": None if slope is None else round(slope, 2),
-        "rss_fitted_growth_mib": None if growth is None else round(growth / MIB, 3),
-        "rss_slope_last_half_kib_per_1000_cycles": None if late_slope is None else round(late_slope, 2),
-        "threads_start": start.get("threads"), "threads_end": end.get("threads"),
-        "rss_anon_start_mib": _mib(start.get("rss_anon_kib")), "rss_anon_end_mib": _mib(end.get("rss_anon_kib")),
-        "rss_file_start_mib": _mib(start.get("rss_file_kib")), "rss_file_end_mib": _mib(end.get("rss_file_kib")),
-        "chunk_log_entries": len(chunk_log), "chunk_log_record_bytes": round(per_record),
-        "chunk_log_growth_post_warmup_mib": None if explained is None else round(explained / MIB, 3),
-        "tolerance_kib_per_1000_cycles": args.tolerance_kib,
+        "checkpoint": run.label, "sampler": stats["sampler"], "window": stats["window"],
+        "tolerance": stats["tolerance"], "device": stats["device"], "inference_steps": args.inference_steps,
+        "rate_hz": args.rate, "deadline_ms": run.deadline_ms, "domain_id": run.domain_id, "cycles": args.cycles,
+        "duration_s": round(run.duration_s, 2),
+        "achieved_rate_hz": round(args.cycles / run.duration_s, 2) if run.duration_s > 0 else None,
+        "late_cycles": run.late_cycles, "warmup_cycles": run.memory.warmup_cycles,
+        "trajectories_received": counts["trajectories"], "diagnostics_received": counts["diagnostics"],
+        "diagnostics_warn": counts["diagnostics_warn"], "diagnostics_error": counts["diagnostics_error"],
     }
-    if args.tracemalloc and after and "heap_kib" in after[0]:
-        heap_slope = slope_per_1000([s["cycle"] for s in after], [s["heap_kib"] for s in after])
-        summary.update(heap_start_mib=round(start["heap_kib"] / MIB, 3), heap_end_mib=round(end["heap_kib"] / MIB, 3),
-                       heap_slope_kib_per_1000_cycles=None if heap_slope is None else round(heap_slope, 2))
-    summary["verdict"] = verdict_line(slope, growth, args.tolerance_kib, explained, late_slope)
+    summary.update({key: stats[key] for key in NODE_STATISTICS})
+    summary.update(memory_summary(args, run))
     return summary
 
 
-def heap_growth_sites(before, after, limit: int = 10) -> list[dict[str, Any]]:
-    """The source lines whose traced allocations grew most between two tracemalloc snapshots."""
-    import tracemalloc
-
-    keep = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen importlib._bootstrap>")]
-    stats = after.filter_traces(keep).compare_to(before.filter_traces(keep), "lineno")
-    return [{"site": f"{stat.traceback[0].filename}:{stat.traceback[0].lineno}",
-             "growth_kib": round(stat.size_diff / 1024.0, 1), "count_growth": stat.count_diff}
-            for stat in stats[:limit]]
+def memory_summary(args, run: SoakRun) -> dict[str, Any]:
+    """RSS (and heap) after the warm-up: start, end, range, fitted slope and growth, and the verdict."""
+    samples = run.memory.samples
+    after = [s for s in samples if s["cycle"] >= run.memory.warmup_cycles]
+    slope = slope_per_1000([s["cycle"] for s in after], [s["rss_kib"] for s in after])
+    late = [s for s in after if s["cycle"] >= samples[-1]["cycle"] / 2.0]  # the last half of the run
+    late_slope = slope_per_1000([s["cycle"] for s in late], [s["rss_kib"] for s in late])
+    start, end = (after[0], after[-1]) if after else (samples[0], samples[-1])
+    growth = None if slope is None else slope * (end["cycle"] - start["cycle"]) / 1000.0
+    # The node keeps a record per chunk (and per miss) in a bounded but large log: estimate what the
+    # records added after the warm-up hold, to tell that part of the growth apart.
+    recent = run.chunk_log[-50:]
+    per_record = sum(deep_size(r) for r in recent) / len(recent) if recent else 0.0
+    explained = (end["chunk_log_len"] - start["chunk_log_len"]) * per_record / 1024.0 if after else None
+    summary = {
+        "rss_source": run.memory.rss_source, "rss_start_mib": _mib(start["rss_kib"]), "rss_end_mib": _mib(end["rss_kib"]),
+        "rss_min_mib": _mib(min(s["rss_kib"] for s in after or samples)),
+        "rss_max_mib": _mib(max(s["rss_kib"] for s in after or samples)), "rss_peak_mib": _mib(read_peak_rss_kib()),
+        "rss_slope_kib_per_1000_cycles": _rounded(slope, 2),
+        "rss_fitted_growth_mib": None if growth is None else round(growth / MIB, 3),
+        "rss_slope_last_half_kib_per_1000_cycles": _rounded(late_slope, 2),
+        "threads_start": start.get("threads"), "threads_end": end.get("threads"),
+        "rss_anon_start_mib": _mib(start.get("rss_anon_kib")), "rss_anon_end_mib": _mib(end.get("rss_anon_kib")),
+        "rss_file_start_mib": _mib(start.get("rss_file_kib")), "rss_file_end_mib": _mib(end.get("rss_file_kib")),
+        "chunk_log_entries": len(run.chunk_log), "chunk_log_record_bytes": round(per_record),
+        "chunk_log_growth_post_warmup_mib": None if explained is None else round(explained / MIB, 3),
+        "tolerance_kib_per_1000_cycles": args.tolerance_kib,
+    }
+    if run.memory.traced and after:
+        heap_slope = slope_per_1000([s["cycle"] for s in after], [s["heap_kib"] for s in after])
+        summary.update(heap_start_mib=round(start["heap_kib"] / MIB, 3), heap_end_mib=round(end["heap_kib"] / MIB, 3),
+                       heap_slope_kib_per_1000_cycles=_rounded(heap_slope, 2))
+    sites = run.memory.finish()
+    if sites is not None:
+        summary["heap_growth_sites"] = sites
+    summary["verdict"] = verdict_line(slope, growth, args.tolerance_kib, explained, late_slope)
+    return summary
 
 
 def format_summary(s: dict[str, Any]) -> str:
@@ -516,46 +388,39 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 def plot_rss(samples: list[dict[str, Any]], warmup_cycles: int, summary: dict[str, Any], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """RSS against control cycles with the warm-up shaded, the fitted slope, and the traced heap if recorded."""
+    from .output import saved_figure
 
     cycles = [s["cycle"] for s in samples]
-    rss = [s["rss_kib"] / MIB for s in samples]
-    figure, axis = plt.subplots(figsize=(8, 4.5))
-    if warmup_cycles > 0:
-        axis.axvspan(0, warmup_cycles, color="0.85", label="warm-up")
-    axis.plot(cycles, rss, lw=1.2, label="RSS")
-    slope = summary.get("rss_slope_kib_per_1000_cycles")
-    after = [s for s in samples if s["cycle"] >= warmup_cycles]
-    if slope is not None and after:
-        xs = [s["cycle"] for s in after]
-        mean_x = sum(xs) / len(xs)
-        mean_y = sum(s["rss_kib"] for s in after) / len(after) / MIB
-        axis.plot([xs[0], xs[-1]], [mean_y + slope / 1000.0 * (x - mean_x) / MIB for x in (xs[0], xs[-1])],
-                  "--", lw=1.0, label=f"fit: {slope:+.1f} KiB / 1000 cycles")
-    if "heap_kib" in samples[0]:
-        twin = axis.twinx()
-        twin.plot(cycles, [s["heap_kib"] / MIB for s in samples], color="tab:green", lw=0.8)
-        twin.set_ylabel("traced Python heap (MiB)", color="tab:green")
-    axis.set_xlabel("control cycle")
-    axis.set_ylabel("RSS (MiB)")
-    axis.set_title(f"policy node soak: {summary['cycles']} cycles at {summary['rate_hz']:g} Hz, "
-                   f"{summary['sampler']}, {summary['trajectories_received']} trajectories", fontsize=10)
-    axis.legend(loc="lower right")
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with saved_figure(path, figsize=(8, 4.5)) as axis:
+        if warmup_cycles > 0:
+            axis.axvspan(0, warmup_cycles, color="0.85", label="warm-up")
+        axis.plot(cycles, [s["rss_kib"] / MIB for s in samples], lw=1.2, label="RSS")
+        slope = summary.get("rss_slope_kib_per_1000_cycles")
+        after = [s for s in samples if s["cycle"] >= warmup_cycles]
+        if slope is not None and after:
+            xs = [s["cycle"] for s in after]
+            mean_x = sum(xs) / len(xs)
+            mean_y = sum(s["rss_kib"] for s in after) / len(after) / MIB
+            axis.plot([xs[0], xs[-1]], [mean_y + slope / 1000.0 * (x - mean_x) / MIB for x in (xs[0], xs[-1])],
+                      "--", lw=1.0, label=f"fit: {slope:+.1f} KiB / 1000 cycles")
+        if "heap_kib" in samples[0]:
+            twin = axis.twinx()
+            twin.plot(cycles, [s["heap_kib"] / MIB for s in samples], color="tab:green", lw=0.8)
+            twin.set_ylabel("traced Python heap (MiB)", color="tab:green")
+        axis.set_xlabel("control cycle")
+        axis.set_ylabel("RSS (MiB)")
+        axis.set_title(f"policy node soak: {summary['cycles']} cycles at {summary['rate_hz']:g} Hz, "
+                       f"{summary['sampler']}, {summary['trajectories_received']} trajectories", fontsize=10)
+        axis.legend(loc="lower right")
+        axis.grid(alpha=0.3)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_soak_arguments(parser)
-    return run_soak(parser.parse_args(argv))
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Objective (DDPM, epsilon prediction): for a demonstration window with normalised actions a and
 observation condition c, draw t ~ U{0..T-1} and noise e ~ N(0, I), and minimise
-|| eps(sqrt(abar_t) a + sqrt(1 - abar_t) e, t, c) - e ||^2.
+|| eps(scheduler.add_noise(a, e, t), t, c) - e ||^2, add_noise being sqrt(abar_t) a + sqrt(1 - abar_t) e.
 
 Recipe as Diffusion Policy: AdamW (lr 1e-4, betas 0.95/0.999, weight decay 1e-6), cosine schedule
 with 500 warm-up steps, EMA of the weights (power 0.75, max decay 0.9999), batch 256. Checkpoints
@@ -72,103 +72,129 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
     output = Path(config.output_dir)
     dataset = PushTLowdimDataset(config.zarr_path, config.horizon, config.n_obs_steps, config.n_action_steps,
                                  episodes=config.episodes)
-    statistics = dataset.statistics()
-    obs_normalizer = AffineNormalizer.from_min_max(statistics["obs"]["min"], statistics["obs"]["max"])
-    action_normalizer = AffineNormalizer.from_min_max(statistics["action"]["min"], statistics["action"]["max"])
-    obs_dim = obs_normalizer.dim
-    policy_config = PolicyConfig.for_shapes(
-        obs_dim, action_normalizer.dim, config.horizon, config.n_obs_steps, config.n_action_steps,
-        scheduler=SchedulerConfig(), down_dims=config.down_dims,
-        diffusion_step_embed_dim=config.diffusion_step_embed_dim, kernel_size=config.kernel_size,
-        n_groups=config.n_groups,
-    )
-
+    normalizers = _normalizers(dataset.statistics())
+    policy_config = _policy_config(config, normalizers[0].dim, normalizers[1].dim)
     torch.manual_seed(config.seed)
-    model = ConditionalUnet1D.from_config(policy_config.unet).to(device)
-    ema = EMAModel(model.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0,
-                   power=config.ema_power)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(0.95, 0.999),
-                                  weight_decay=config.weight_decay)
-    lr_schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
-    step = 0
-    generator = np.random.default_rng(config.seed + rank)
-    resume_path = output / RESUME_FILE
-    if resume and resume_path.exists():
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        lr_schedule.load_state_dict(state["lr_schedule"])
-        step = int(state["step"])
-        generator = np.random.default_rng([config.seed + rank, step])
-        torch.manual_seed(config.seed * 1000003 + step)
-    ema.to(device)
-
-    trainer = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
+    state = _Optimisation.create(config, policy_config, device)
+    step = state.restore(output / RESUME_FILE, config.seed) if resume else 0
+    # A resumed run draws its batches from a stream of its own, seeded with the step it resumed at.
+    generator = np.random.default_rng([config.seed + rank, step] if step else config.seed + rank)
+    trainer = torch.nn.parallel.DistributedDataParallel(state.model) if world_size > 1 else state.model
     noise_scheduler = make_scheduler(policy_config.scheduler)
-    alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
-    obs_scale, obs_offset = obs_normalizer.scale.to(device), obs_normalizer.offset.to(device)
-    act_scale, act_offset = action_normalizer.scale.to(device), action_normalizer.offset.to(device)
-
     if rank == 0:
         output.mkdir(parents=True, exist_ok=True)
         (output / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    log_path = output / "train_log.jsonl"
+    metadata = {"train_config": asdict(config), "world_size": world_size, "device": str(device),
+                "torch": torch.__version__}
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not progress or rank != 0,
                dynamic_ncols=True)
     started = time.time()
-    final = output / "final"
     while step < config.steps:
-        indices = generator.integers(0, len(dataset), size=config.batch_size)
-        batch = dataset.batch(indices)
-        obs = batch["obs"][:, : config.n_obs_steps].to(device) * obs_scale + obs_offset
-        actions = batch["action"].to(device) * act_scale + act_offset
-        noise = torch.randn_like(actions)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (actions.shape[0],), device=device)
-        abar = alphas_cumprod[timesteps][:, None, None]
-        noisy = abar.sqrt() * actions + (1 - abar).sqrt() * noise
-        loss = F.mse_loss(trainer(noisy, timesteps, obs.reshape(obs.shape[0], -1)), noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        lr_schedule.step()
-        ema.step(model.parameters())
+        batch = dataset.batch(generator.integers(0, len(dataset), size=config.batch_size))
+        loss = diffusion_loss(trainer, noise_scheduler, normalizers, batch["obs"][:, : config.n_obs_steps].to(device),
+                              batch["action"].to(device))
+        state.step(loss)
         step += 1
         bar.update(1)
         if rank == 0 and (step % config.log_every == 0 or step == config.steps):
             bar.set_postfix(loss=f"{loss.item():.4f}")
-            with open(log_path, "a") as log:
-                log.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr_schedule.get_last_lr()[0],
-                                      "elapsed_s": round(time.time() - started, 1)}) + "\n")
+            _append_log(output / "train_log.jsonl", step, loss.item(), state.lr_schedule.get_last_lr()[0], started)
         if rank == 0 and (step % config.checkpoint_every == 0 or step == config.steps):
-            metadata = {"trained_steps": step, "train_config": asdict(config), "world_size": world_size,
-                        "device": str(device), "torch": torch.__version__}
-            ema_model = _ema_copy(model, ema)
-            if config.keep_checkpoints:
-                save_policy(output / "checkpoints" / f"step_{step:07d}", policy_config, ema_model, obs_normalizer,
-                            action_normalizer, metadata)
-            save_policy(final, policy_config, ema_model, obs_normalizer, action_normalizer, metadata)
-            _save_resume_state(resume_path, model, ema, optimizer, lr_schedule, step)
+            state.save(output, step, policy_config, normalizers, {"trained_steps": step, **metadata},
+                       config.keep_checkpoints)
     bar.close()
     if world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return final
+    return output / "final"
 
 
-def _ema_copy(model: torch.nn.Module, ema: EMAModel) -> ConditionalUnet1D:
-    copy = ConditionalUnet1D.from_config(model.config)
-    copy.load_state_dict(model.state_dict())
-    ema.copy_to(copy.parameters())
-    return copy
+def diffusion_loss(denoiser, noise_scheduler, normalizers: tuple[AffineNormalizer, AffineNormalizer],
+                   obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """The epsilon-prediction loss of a batch of raw observation windows (B, n_obs_steps, obs_dim) and
+    action windows (B, horizon, action_dim): noise then timesteps are drawn from torch's global generator."""
+    obs_normalizer, action_normalizer = normalizers
+    clean = action_normalizer.normalize(actions)
+    noise = torch.randn_like(clean)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
+    noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+    return F.mse_loss(denoiser(noisy, timesteps, obs_normalizer.normalize(obs).flatten(1)), noise)
 
 
-def _save_resume_state(path: Path, model, ema, optimizer, lr_schedule, step: int) -> None:
-    """Write the resume state to a temporary file and move it into place, so a crash leaves the old one."""
-    staging = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                "lr_schedule": lr_schedule.state_dict(), "step": step}, staging)
-    os.replace(staging, path)
+def _normalizers(statistics: dict) -> tuple[AffineNormalizer, AffineNormalizer]:
+    """(observation, action) normalisers from the dataset's per-dimension min/max."""
+    return tuple(AffineNormalizer.from_min_max(statistics[key]["min"], statistics[key]["max"])
+                 for key in ("obs", "action"))
+
+
+def _policy_config(config: TrainConfig, obs_dim: int, action_dim: int) -> PolicyConfig:
+    return PolicyConfig.for_shapes(
+        obs_dim, action_dim, config.horizon, config.n_obs_steps, config.n_action_steps, scheduler=SchedulerConfig(),
+        down_dims=config.down_dims, diffusion_step_embed_dim=config.diffusion_step_embed_dim,
+        kernel_size=config.kernel_size, n_groups=config.n_groups,
+    )
+
+
+@dataclass
+class _Optimisation:
+    """The model, the EMA of its weights, the optimiser and the learning-rate schedule of a run."""
+
+    model: ConditionalUnet1D
+    ema: EMAModel
+    optimizer: torch.optim.Optimizer
+    lr_schedule: torch.optim.lr_scheduler.LRScheduler
+
+    @classmethod
+    def create(cls, config: TrainConfig, policy_config: PolicyConfig, device: torch.device) -> "_Optimisation":
+        model = ConditionalUnet1D.from_config(policy_config.unet).to(device)
+        ema = EMAModel(model.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0,
+                       power=config.ema_power)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(0.95, 0.999),
+                                      weight_decay=config.weight_decay)
+        return cls(model, ema, optimizer, get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps))
+
+    def restore(self, path: Path, seed: int) -> int:
+        """Load the resume state at `path` if there is one and reseed torch for its step; returns the step (or 0)."""
+        step = 0
+        if path.exists():
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.lr_schedule.load_state_dict(state["lr_schedule"])
+            step = int(state["step"])
+            torch.manual_seed(seed * 1000003 + step)
+        self.ema.to(next(self.model.parameters()).device)
+        return step
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.lr_schedule.step()
+        self.ema.step(self.model.parameters())
+
+    def save(self, output: Path, step: int, policy_config: PolicyConfig, normalizers, metadata: dict,
+             keep_checkpoint: bool) -> None:
+        """The EMA weights as the final (and, if kept, a numbered) checkpoint, then the resume state."""
+        ema_model = ConditionalUnet1D.from_config(self.model.config)
+        ema_model.load_state_dict(self.model.state_dict())
+        self.ema.copy_to(ema_model.parameters())
+        if keep_checkpoint:
+            save_policy(output / "checkpoints" / f"step_{step:07d}", policy_config, ema_model, *normalizers, metadata)
+        save_policy(output / "final", policy_config, ema_model, *normalizers, metadata)
+        # Written to a temporary file and moved into place, so a crash leaves the old one.
+        staging = (output / RESUME_FILE).with_suffix(".tmp")
+        torch.save({"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                    "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
+                    "step": step}, staging)
+        os.replace(staging, output / RESUME_FILE)
+
+
+def _append_log(path: Path, step: int, loss: float, learning_rate: float, started: float) -> None:
+    with open(path, "a") as log:
+        log.write(json.dumps({"step": step, "loss": loss, "lr": learning_rate,
+                              "elapsed_s": round(time.time() - started, 1)}) + "\n")
 
 
 def _init_distributed() -> tuple[int, int]:

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from ..samplers import PARALLEL_SAMPLERS, SAMPLERS, paradigms, parataa
+
 OBSERVATION_TYPES = ("joint_state", "float32_multi_array")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 SCHEDULER_CHOICES = ("", "ddpm", "ddim", "dpmsolver")
@@ -28,12 +30,16 @@ POLICY_NODE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("checkpoint", "", "Policy checkpoint: native directory, Diffusion Policy .ckpt or LeRobot directory; "
               "empty = the shipped Push-T checkpoint (package share directory or source tree)."),
     ParamSpec("device", "auto", "Torch device for inference.", constraints="auto, cpu, cuda or cuda:N"),
-    ParamSpec("sampler", "paradigms", "Denoising sampler: sequential, paradigms (or any registered sampler).",
-              read_only=False),
-    ParamSpec("window", 16, "Parallel samplers: denoising steps evaluated per round (batched).", read_only=False,
-              minimum=1, maximum=1000),
-    ParamSpec("tolerance", 0.1, "Parallel samplers: convergence tolerance, in units of each step's noise std.",
-              read_only=False, minimum=0.0, maximum=100.0),
+    ParamSpec("sampler", "parataa", f"Denoising sampler: {', '.join(SAMPLERS)} (the registered samplers); "
+              f"parallel: {', '.join(PARALLEL_SAMPLERS)}.", read_only=False),
+    ParamSpec("window", 0, "Parallel samplers: denoising steps evaluated per round (batched); 0 = the sampler's "
+              f"own default (paradigms: {paradigms.DEFAULT_WINDOW}, parataa: the whole chain).", read_only=False,
+              minimum=0, maximum=1000),
+    ParamSpec("tolerance", -1.0, "Parallel samplers: convergence tolerance, in the running sampler's unit: paradigms, "
+              "a fraction of each step's noise std; parataa, the RMS first-order residual in normalised action units. "
+              f"-1 = the sampler's own default (paradigms: {paradigms.DEFAULT_TOLERANCE:g}, parataa: "
+              f"{parataa.DEFAULT_TOLERANCE:g}); 0 = solve to the sequential answer.", read_only=False,
+              minimum=-1.0, maximum=100.0, constraints="-1 (the sampler's default) or >= 0"),
     ParamSpec("round_cap", 0, "Parallel samplers: at most this many rounds per chunk; 0 = no fixed cap.",
               read_only=False, minimum=0, maximum=100000),
     ParamSpec("auto_round_cap", True, "Parallel samplers: cap the rounds so that the chunk is ready before the "
@@ -131,7 +137,7 @@ def check_ranges(values: dict[str, Any], specs: Iterable[ParamSpec]) -> list[str
     return problems
 
 
-def validate_policy_parameters(values: dict[str, Any], known_samplers: Iterable[str] = ()) -> list[str]:
+def validate_policy_parameters(values: dict[str, Any]) -> list[str]:
     """Problems of the policy node's parameters, each a clear sentence; [] when all are valid.
 
     Checks that need the policy (joint and bound counts against action_dim, n_action_steps against
@@ -143,10 +149,10 @@ def validate_policy_parameters(values: dict[str, Any], known_samplers: Iterable[
     v = values
     if "device" in v and not DEVICE_PATTERN.match(v["device"]):
         problems.append(f"device must be auto, cpu, cuda or cuda:N (got {v['device']!r})")
-    known = list(known_samplers)
-    if "sampler" in v and (not v["sampler"] or (known and v["sampler"] not in known)):
-        choices = ", ".join(known) or "the registered samplers"
-        problems.append(f"sampler must be one of {choices} (got {v['sampler']!r})")
+    if "sampler" in v and v["sampler"] not in SAMPLERS:
+        problems.append(f"sampler must be one of {', '.join(SAMPLERS)} (got {v['sampler']!r})")
+    if "tolerance" in v and v["tolerance"] < 0 and v["tolerance"] != -1.0:
+        problems.append(f"tolerance must be -1 (the sampler's default) or >= 0 (got {v['tolerance']!r})")
     if "scheduler" in v and v["scheduler"] not in SCHEDULER_CHOICES:
         problems.append("scheduler must be empty (the checkpoint's) or one of ddpm, ddim, dpmsolver "
                         f"(got {v['scheduler']!r})")

@@ -8,6 +8,7 @@ import numpy as np
 
 from .timing import seconds_to_ns
 
+
 class RollingStats:
     """The last `size` samples of a quantity, with percentiles."""
 
@@ -85,5 +86,3 @@ class Throttle:
             return False
         self._last[key] = now_ns
         return True
-
-

@@ -24,7 +24,6 @@ NS_PER_S = 1_000_000_000
 NS_PER_MS = 1_000_000
 
 
-
 def seconds_to_ns(seconds: float) -> int:
     return int(round(seconds * NS_PER_S))
 
@@ -151,3 +150,31 @@ def combine_caps(*caps: int | None) -> int | None:
     return min(values) if values else None
 
 
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """The round cap of the next inference, or why it is skipped (a deadline miss of kind no_time)."""
+
+    cap: int | None = None  # max_rounds for a parallel sampler; None = uncapped
+    skip: str = ""  # empty: run the inference
+
+
+def plan_rounds(parallel: bool, fixed_cap: int, auto: bool, budget_ns: int, seconds_per_round: float | None,
+                deadline_ns: int) -> RoundPlan:
+    """The round cap for a chunk with `budget_ns` left until its deadline.
+
+    A parallel sampler is capped at min(fixed_cap if > 0, the rounds that fit with `auto`); with
+    `auto` it is skipped when not one round fits. The sequential sampler cannot be capped: it is
+    skipped only when the deadline has already passed.
+    """
+    if not parallel:
+        return RoundPlan(skip="" if budget_ns > 0 else "the deadline passed before the inference could start")
+    cap = fixed_cap or None
+    if auto:
+        fitting = auto_round_cap(budget_ns, seconds_per_round, deadline_ns)
+        if fitting == 0 or budget_ns <= 0:
+            return RoundPlan(skip=f"only {budget_ns / NS_PER_MS:.1f} ms left before the deadline, not enough "
+                                  "for one round")
+        cap = combine_caps(cap, fitting)
+    return RoundPlan(cap)

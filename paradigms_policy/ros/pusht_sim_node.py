@@ -32,20 +32,18 @@ from typing import Any
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float32, Float32MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
-from ..control.timing import NS_PER_S, period_ns
 from ..control.parameters import SIM_NODE_PARAMETERS, validate_sim_parameters
-from ..control.statistics import Throttle
 from ..control.playback import TrajectorySchedule
-from .policy_node import RELIABLE_COMMANDS, StartupError, declare_parameters, ns_to_time_msg, run_node, stamp_to_ns
+from ..control.statistics import Throttle
+from ..control.timing import NS_PER_S, period_ns
+from .common import (RELIABLE_COMMANDS, SCORE_QOS, SENSOR_QOS, StartupError, declare_parameters, ns_to_time_msg,
+                     run_node, stamp_to_ns)
 
-SCORE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
 CLOCK_TOPIC = "/clock"  # absolute: rclpy's use_sim_time listens there
 
 
@@ -80,16 +78,7 @@ class PushTSimNode(Node):
         self.period_ns = period_ns(values["control_rate"])
         self.joint_names = list(values["joint_names"])
         self.video_dir = Path(values["video_dir"]).expanduser() if values["video_dir"] else None
-        try:
-            from ..pusht.env import PushTKeypointsEnv
-
-            self._env = PushTKeypointsEnv(render=self.video_dir is not None)
-        except ImportError as err:
-            raise StartupError("the Push-T simulation needs gym-pusht (pip install 'paradigms_policy[sim]'): "
-                               f"{err}") from None
-        if self.video_dir is not None:
-            self.video_dir.mkdir(parents=True, exist_ok=True)
-
+        self._open_env()
         self._schedule = TrajectorySchedule()
         self._throttle = Throttle(1.0)
         self._episode = 0
@@ -102,31 +91,44 @@ class PushTSimNode(Node):
         self._sim_now_ns = self.get_clock().now().nanoseconds  # lockstep: simulated time, from the wall clock on
         self._observation_sent = False  # lockstep: this step's observation is out, its command awaited
         self._waiting_since: float | None = None
-
         self._stamped = values["observation_type"] == "joint_state"
         self._names = observation_names()
-        group = MutuallyExclusiveCallbackGroup()
-        try:
-            if self._stamped:
-                self._observation_pub = self.create_publisher(JointState, values["observation_topic"],
-                                                              qos_profile_sensor_data)
-            else:
-                self._observation_pub = self.create_publisher(Float32MultiArray, values["observation_topic"],
-                                                              qos_profile_sensor_data)
-            self._score_pub = self.create_publisher(Float32, values["score_topic"], SCORE_QOS)
-            self._clock_pub = self.create_publisher(Clock, CLOCK_TOPIC, 10) if self._lockstep else None
-            self._trajectory_sub = self.create_subscription(JointTrajectory, values["trajectory_topic"],
-                                                            self._on_trajectory, RELIABLE_COMMANDS,
-                                                            callback_group=group)
-        except Exception as err:
-            raise StartupError(f"cannot create the node's topics: {err}") from None
-        tick_rate = values["control_rate"] * (values["max_real_time_factor"] if self._lockstep else 1.0)
-        self._timer = self.create_timer(1.0 / tick_rate, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
+        self._create_interfaces(values)
         self.get_logger().info(
             f"Push-T simulation at {values['control_rate']:g} Hz, first seed {values['seed']}, "
             f"{values['episodes'] or 'unlimited'} episode(s) of at most {values['max_steps']} steps; observations on "
             f"'{self._observation_pub.topic_name}', trajectories from '{self._trajectory_sub.topic_name}'"
             + (f"; lockstep on simulated time ({CLOCK_TOPIC})" if self._lockstep else ""))
+
+    def _open_env(self) -> None:
+        try:
+            from ..pusht.env import PushTKeypointsEnv
+
+            self._env = PushTKeypointsEnv(render=self.video_dir is not None)
+        except ImportError as err:
+            raise StartupError("the Push-T simulation needs gym-pusht (pip install 'paradigms_policy[sim]'): "
+                               f"{err}") from None
+        if self.video_dir is not None:
+            self.video_dir.mkdir(parents=True, exist_ok=True)
+
+    def _create_interfaces(self, values: dict[str, Any]) -> None:
+        try:
+            self._observation_pub = self.create_publisher(JointState if self._stamped else Float32MultiArray,
+                                                          values["observation_topic"], SENSOR_QOS)
+            self._score_pub = self.create_publisher(Float32, values["score_topic"], SCORE_QOS)
+            self._clock_pub = self.create_publisher(Clock, CLOCK_TOPIC, 10) if self._lockstep else None
+            self._trajectory_sub = self.create_subscription(JointTrajectory, values["trajectory_topic"],
+                                                            self._on_trajectory, RELIABLE_COMMANDS,
+                                                            callback_group=MutuallyExclusiveCallbackGroup())
+        except Exception as err:
+            raise StartupError(f"cannot create the node's topics: {err}") from None
+        tick_rate = values["control_rate"] * (values["max_real_time_factor"] if self._lockstep else 1.0)
+        self._timer = self.create_timer(1.0 / tick_rate, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
+
+    @property
+    def trajectory_publishers(self) -> int:
+        """Trajectory publishers matched by the node's subscription."""
+        return self._trajectory_sub.get_publisher_count()
 
     def _now(self) -> int:
         return self._sim_now_ns if self._lockstep else self.get_clock().now().nanoseconds
@@ -214,7 +216,7 @@ class PushTSimNode(Node):
     def _policy_connected(self) -> bool:
         """Lockstep: a policy node listens to the observations and the clock and publishes trajectories."""
         return (self._observation_pub.get_subscription_count() > 0 and self._clock_pub.get_subscription_count() > 0
-                and self._trajectory_sub.get_publisher_count() > 0)
+                and self.trajectory_publishers > 0)
 
     def _waited_too_long(self) -> bool:
         """Lockstep: whether the wait for this step's command has lasted lockstep_timeout_s (then step without)."""

@@ -110,13 +110,18 @@ class DenoisingChain:
         """n_i = s_i z_i for every step, (T, *shape), drawn in the order the sequential loop draws them.
 
         z is drawn in float32, as a float32 model's `step()` draws it, and then cast, so runs in other
-        precisions (a float64 reference, bf16) see the same noise as the float32 run.
+        precisions (a float64 reference, bf16) see the same noise as the float32 run. The draws are
+        stacked and scaled in one operation each: one host-to-device copy, not one per step.
         """
+        noisy = [i for i in range(self.num_steps) if self.noise_std[i] > 0]
         noise = torch.zeros((self.num_steps, *shape), device=device, dtype=dtype)
-        for i in range(self.num_steps):
-            if self.noise_std[i] > 0:
-                z = randn_tensor(tuple(shape), generator=generator, device=torch.device(device), dtype=torch.float32)
-                noise[i] = self.noise_std[i] * z.to(dtype)
+        if noisy:
+            # On the generator's own device (where randn_tensor would draw them anyway), then moved at once.
+            source = generator.device if generator is not None else torch.device(device)
+            draws = [randn_tensor(tuple(shape), generator=generator, device=source, dtype=torch.float32) for _ in noisy]
+            z = torch.stack(draws).to(device=device, dtype=dtype)
+            index = torch.tensor(noisy, device=noise.device)
+            noise[index] = self.noise_std[index].reshape(-1, *([1] * len(shape))) * z
         return noise
 
     @property

@@ -21,6 +21,7 @@ import math
 import torch
 
 from .base import Denoiser, SamplerStats
+from .inpainting import inpainting_for
 from .window import WindowedSolve, check_window_options
 
 DEFAULT_WINDOW = 16
@@ -31,7 +32,8 @@ DEFAULT_TOLERANCE = 0.1
 def sample(denoiser: Denoiser, scheduler, noise: torch.Tensor, condition, *,
            generator: torch.Generator | None = None, window: int = DEFAULT_WINDOW,
            tolerance: float = DEFAULT_TOLERANCE, max_rounds: int | None = None, fixed_shape: bool = False,
-           init_trajectory: torch.Tensor | None = None) -> tuple[torch.Tensor, SamplerStats]:
+           init_trajectory: torch.Tensor | None = None, committed_actions: torch.Tensor | None = None,
+           committed_positions=None) -> tuple[torch.Tensor, SamplerStats]:
     """Solve the sampling chain by windowed Picard iteration.
 
     window: p, the number of states evaluated per round (batch p x B).
@@ -43,11 +45,16 @@ def sample(denoiser: Denoiser, scheduler, noise: torch.Tensor, condition, *,
         identity steps, so one captured graph serves every round.
     init_trajectory: (T+1, B, ...) initial guess of every state (a warm start); its first state
         is replaced by `noise`. Default: every state starts as `noise`.
+    committed_actions, committed_positions: hard inpainting (real-time chunking): actions
+        (B, n, action_dim), normalised, that every state holds at horizon positions (n,), noised to
+        each state's level with the initial noise; the answer equals them there exactly
+        (`inpainting.py`).
     """
     check_window_options(window, max_rounds)
     if not tolerance >= 0:
         raise ValueError(f"tolerance must be >= 0 (got {tolerance})")
-    solve = WindowedSolve(scheduler, noise, generator, window, fixed_shape, init_trajectory)
+    inpainting = inpainting_for(scheduler, noise, committed_actions, committed_positions)
+    solve = WindowedSolve(scheduler, noise, generator, window, fixed_shape, init_trajectory, inpainting)
     elements = math.prod(solve.chunk_shape)
     threshold = tolerance**2
     start = rounds = evals = 0

@@ -60,6 +60,7 @@ from typing import Any, Callable
 import torch
 
 from .base import Denoiser, SamplerStats
+from .inpainting import inpainting_for
 from .window import WindowedSolve, check_window_options
 
 # The whole chain in one window (see window.WHOLE_CHAIN_LIMIT): 10 rounds on the shipped policy, 22 at 16.
@@ -83,7 +84,8 @@ def sample(denoiser: Denoiser, scheduler, noise: torch.Tensor, condition, *,
            generator: torch.Generator | None = None, window: int | None = DEFAULT_WINDOW, order: int | None = None,
            memory: int = DEFAULT_MEMORY, ridge: float = DEFAULT_RIDGE, tolerance: float = DEFAULT_TOLERANCE,
            relative_tolerance: float = DEFAULT_RELATIVE_TOLERANCE, form: str = DEFAULT_FORM, max_rounds: int | None = None,
-           fixed_shape: bool = False, init_trajectory: torch.Tensor | None = None) -> tuple[torch.Tensor, SamplerStats]:
+           fixed_shape: bool = False, init_trajectory: torch.Tensor | None = None,
+           committed_actions: torch.Tensor | None = None, committed_positions=None) -> tuple[torch.Tensor, SamplerStats]:
     """Solve the sampling chain by windowed, triangular-Anderson-accelerated fixed-point iteration.
 
     window: p, the number of states evaluated per round (batch p x B); default None = every state of
@@ -103,13 +105,18 @@ def sample(denoiser: Denoiser, scheduler, noise: torch.Tensor, condition, *,
         identity steps, so one captured graph serves every round.
     init_trajectory: (T+1, B, ...) initial guess of every state (a warm start); its first state
         is replaced by `noise`. Default: every state starts as `noise`.
+    committed_actions, committed_positions: hard inpainting (real-time chunking): actions
+        (B, n, action_dim), normalised, that every state holds at horizon positions (n,), noised to
+        each state's level with the initial noise; the answer equals them there exactly
+        (`inpainting.py`).
 
     stats.residual_history holds, per round, the largest RMS first-order residual in the window
     (normalised action units); stats.residual the last of them.
     """
     result, stats, _ = solve(denoiser, scheduler, noise, condition, generator=generator, window=window, order=order,
                              memory=memory, ridge=ridge, tolerance=tolerance, relative_tolerance=relative_tolerance,
-                             form=form, max_rounds=max_rounds, fixed_shape=fixed_shape, init_trajectory=init_trajectory)
+                             form=form, max_rounds=max_rounds, fixed_shape=fixed_shape, init_trajectory=init_trajectory,
+                             committed_actions=committed_actions, committed_positions=committed_positions)
     return result, stats
 
 
@@ -119,6 +126,7 @@ def solve(denoiser: Denoiser, scheduler, noise: torch.Tensor, condition, *,
           memory: int = DEFAULT_MEMORY, ridge: float = DEFAULT_RIDGE, tolerance: float = DEFAULT_TOLERANCE,
           relative_tolerance: float = DEFAULT_RELATIVE_TOLERANCE, form: str = DEFAULT_FORM, max_rounds: int | None = None,
           fixed_shape: bool = False, init_trajectory: torch.Tensor | None = None,
+          committed_actions: torch.Tensor | None = None, committed_positions=None,
           observer: Callable[[dict[str, Any]], None] | None = None,
           ) -> tuple[torch.Tensor, SamplerStats, torch.Tensor]:
     """`sample`, also returning the whole trajectory (T+1, B, ...) as last iterated.
@@ -141,7 +149,8 @@ def solve(denoiser: Denoiser, scheduler, noise: torch.Tensor, condition, *,
     if form not in FORMS:
         raise ValueError(f"form must be one of {', '.join(FORMS)} (got {form!r})")
 
-    solve = WindowedSolve(scheduler, noise, generator, window, fixed_shape, init_trajectory)
+    inpainting = inpainting_for(scheduler, noise, committed_actions, committed_positions)
+    solve = WindowedSolve(scheduler, noise, generator, window, fixed_shape, init_trajectory, inpainting)
     span = min(order if order is not None else solve.width, solve.width)  # k; b never precedes the window's start
     # Per step, the largest RMS first-order residual that counts as done. A positive tolerance is raised to
     # the precision's resolution at unit scale (bfloat16: 7.8e-3), below which rounding alone can keep it.

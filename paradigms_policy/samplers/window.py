@@ -13,6 +13,7 @@ import torch
 
 from .base import Denoiser
 from .chain import DenoisingChain
+from .inpainting import Inpainting
 
 
 # A window of None covers the whole chain, up to this many states per round. On the shipped Push-T
@@ -38,10 +39,11 @@ class WindowedSolve:
     init_trajectory: (T+1, B, ...) initial guess (a warm start); its first state is replaced by the
         noise. Without it every state starts as the noise and newly exposed states start from the
         last computed one.
+    inpainting: committed entries held at their targets in every state (see `inpainting.py`).
     """
 
     def __init__(self, scheduler, noise: torch.Tensor, generator: torch.Generator | None, window: int | None,
-                 fixed_shape: bool, init_trajectory: torch.Tensor | None):
+                 fixed_shape: bool, init_trajectory: torch.Tensor | None, inpainting: Inpainting | None = None):
         chain = DenoisingChain.cached(scheduler, noise.device, noise.dtype)
         self.steps_total = chain.num_steps
         if window is None:
@@ -65,6 +67,9 @@ class WindowedSolve:
             self.trajectory[0] = noise
         else:
             self.trajectory[:] = noise
+        self.inpainting = inpainting
+        if inpainting is not None:  # committed entries start, and stay, at their targets
+            self.trajectory[:] = inpainting.apply(self.trajectory, 0)
         self.computed_end = 0
         self.estimate: torch.Tensor | None = None
 
@@ -90,6 +95,8 @@ class WindowedSolve:
             furthest = steps[last:last + 1]
             self.estimate = self.chain.predicted_clean(states[last:last + 1], eps[last:last + 1], furthest)[0]
         proposal = self.chain.mean_step(states, eps, steps) + self.noise_terms[start:start + slots]
+        if self.inpainting is not None:
+            proposal = self.inpainting.apply(proposal, start + 1)
         self.computed_end = start + min(slots, self.steps_total - start)
         return proposal, proposal - self.trajectory[start + 1:start + slots + 1]
 

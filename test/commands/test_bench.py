@@ -3,18 +3,13 @@ import json
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
+import torch
 
-from paradigms_policy.checkpoint import save_policy
 from paradigms_policy.commands.cli import main
 
-from conftest import pixel_normalizers, small_config, small_model
-
-
-@pytest.fixture
-def tiny_checkpoint(tmp_path):
-    config = small_config()
-    return save_policy(tmp_path / "tiny", config, small_model(config=config), *pixel_normalizers())
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def test_bench_writes_the_documented_json(tiny_checkpoint, tmp_path, capsys):
@@ -22,17 +17,23 @@ def test_bench_writes_the_documented_json(tiny_checkpoint, tmp_path, capsys):
     plot = tmp_path / "residuals.png"
     code = main(["bench", "--checkpoint", str(tiny_checkpoint), "--samplers", "sequential,paradigms,parataa",
                  "--chunks", "3", "--warmup", "0", "--json", str(out), "--residual-plot", str(plot)])
-    assert code == 0 and plot.stat().st_size > 0
+    assert code == 0 and plot.read_bytes()[:8] == PNG_SIGNATURE
     document = json.loads(out.read_text())
-    assert document["device"].startswith("cpu") and document["torch"]
+    assert document["device"].startswith("cpu") and document["torch"] == torch.__version__
+    assert (document["reference"], document["scheduler"], document["num_inference_steps"]) == ("sequential", "ddpm", 100)
     rows = {row["sampler"]: row for row in document["results"]}
+    assert list(rows) == ["sequential", "paradigms", "parataa"]
     for row in rows.values():
-        for key in ("rounds_median", "model_evals_median", "latency_p50_ms", "latency_p99_ms", "max_abs_dev"):
-            assert isinstance(row[key], float)
-    assert rows["sequential"]["max_abs_dev"] == 0.0 and rows["sequential"]["rounds_median"] == 100
-    assert 0 < rows["paradigms"]["rounds_median"] < 100 and rows["paradigms"]["max_abs_dev"] < 0.05
-    assert len(rows["parataa"]["residual_history_first_chunk"]) > 0
-    assert "| paradigms" in capsys.readouterr().out
+        assert row["chunks"] == 3 and 0 < row["latency_p50_ms"] <= row["latency_p99_ms"]
+        assert 1 <= row["rounds_median"] <= row["rounds_max"] <= 100 <= row["model_evals_median"]
+    assert (rows["sequential"]["max_abs_dev"], rows["sequential"]["rounds_median"]) == (0.0, 100)
+    assert rows["sequential"]["residual_history_first_chunk"] == []
+    for name in ("paradigms", "parataa"):
+        assert rows[name]["rounds_max"] < 100 and 0 < rows[name]["max_abs_dev"] < 0.05
+    history = rows["parataa"]["residual_history_first_chunk"]
+    assert 1 <= len(history) <= rows["parataa"]["rounds_max"] and history[-1] < history[0]
+    table = capsys.readouterr().out
+    assert all(f"| {name}" in table for name in rows)
 
 
 def test_bench_refuses_unknown_samplers_and_missing_checkpoints(tmp_path, capsys):
@@ -50,14 +51,31 @@ def test_console_script_is_installed():
     assert result.returncode == 0 and "--samplers" in result.stdout
 
 
-def test_gpu_suite_runs_eager_on_cpu_against_a_float64_reference(tiny_checkpoint, tmp_path):
-    out = tmp_path / "suite.json"
-    code = main(["bench", "--checkpoint", str(tiny_checkpoint), "--suite", "gpu", "--reference", "float64",
-                 "--chunks", "1", "--warmup", "0", "--json", str(out)])
+def test_bench_measures_against_a_float64_reference(tiny_checkpoint, tmp_path):
+    out = tmp_path / "float64.json"
+    code = main(["bench", "--checkpoint", str(tiny_checkpoint), "--samplers", "sequential,parataa", "--reference",
+                 "float64", "--chunks", "1", "--warmup", "0", "--json", str(out)])
     assert code == 0
     document = json.loads(out.read_text())
-    assert document["reference"] == "float64" and len(document["results"]) == 9
-    rows = {row["label"]: row for row in document["results"]}
-    assert not any(row["cuda_graphs"] for row in rows.values())  # no CUDA here: every variant eager
-    assert rows["sequential"]["max_abs_dev"] < 1e-4  # float32 against float64, same noise
-    assert rows["parataa window=16 fixed_shape=True +graphs bfloat16"]["max_abs_dev"] < 0.2
+    rows = {row["sampler"]: row for row in document["results"]}
+    assert document["reference"] == "float64" and list(rows) == ["sequential", "parataa"]
+    assert 0 < rows["sequential"]["max_abs_dev"] < 1e-4  # float32 against float64, same noise
+    assert 0 < rows["parataa"]["max_abs_dev"] < 0.05
+
+
+def test_real_time_chunking_bench_inpaints_the_previous_chunk(tiny_checkpoint, tmp_path):
+    from paradigms_policy.checkpoint import load_policy
+    from paradigms_policy.commands.bench import ChunkSource, random_observations
+
+    policy = load_policy(tiny_checkpoint, sampler="parataa", sampler_options={"tolerance": 0.0})
+    source = ChunkSource(random_observations(policy, 2), seed=0, episode_starts=np.array([True, False]), delay_steps=2)
+    first, _, _ = source.solve(policy, 0)
+    second, _, _ = source.solve(policy, 1, previous=first)
+    # Steps s-1 .. s+1 of the previous chunk (its positions 8, 9, 10) are the new chunk's positions 0, 1, 2.
+    torch.testing.assert_close(second[:, 0:3], first[:, 8:11], rtol=0, atol=1e-6)
+    out = tmp_path / "rtc.json"
+    code = main(["bench", "--checkpoint", str(tiny_checkpoint), "--samplers", "sequential,parataa", "--chunks", "3",
+                 "--real-time-chunking", "2", "--json", str(out)])
+    document = json.loads(out.read_text())
+    assert code == 0 and document["real_time_chunking_delay_steps"] == 2
+    assert document["results"][1]["max_abs_dev"] < 1e-2

@@ -12,6 +12,8 @@ from conftest import pixel_normalizers, small_config, small_model
 pytest.importorskip("rclpy", reason="rclpy is not importable (pip install 'paradigms_policy[ros]' or source a ROS 2 install)")
 pytest.importorskip("gym_pusht", reason="gym-pusht is not installed (pip install 'paradigms_policy[sim]')")
 
+pytestmark = pytest.mark.dds
+
 
 def test_demo_runs_an_episode_and_reports_score_and_latency(tmp_path, capsys, monkeypatch):
     from paradigms_policy.commands.cli import main

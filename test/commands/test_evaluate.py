@@ -2,29 +2,25 @@
 import json
 
 import numpy as np
+import torch
 
 import pytest
 
-from paradigms_policy.checkpoint import load_policy, save_policy
+from paradigms_policy.checkpoint import load_policy
 from paradigms_policy.commands.evaluate import run_episode, summarize
-
-from conftest import pixel_normalizers, small_config, small_model
+from paradigms_policy.pusht.env import episode_score
 
 pytest.importorskip("gym_pusht", reason="the simulation harness needs gym-pusht (pip install .[sim])")
 
-
-@pytest.fixture
-def tiny_checkpoint(tmp_path):
-    config = small_config()
-    return save_policy(tmp_path / "tiny", config, small_model(config=config), *pixel_normalizers())
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def test_short_episode_is_well_formed(tiny_checkpoint):
     policy = load_policy(tiny_checkpoint, sampler="paradigms", sampler_options={"window": 8})
     episode = run_episode(policy, seed=100000, max_steps=12)
     assert episode["steps"] == 12 and episode["chunks"] == 2  # 8 actions per chunk
-    assert 0.0 <= episode["score"] <= 1.0 and isinstance(episode["success"], bool)
-    assert episode["rounds_median"] >= 1 and episode["latency_p50_ms"] > 0
+    assert (episode["score"], episode["success"]) == episode_score([episode["max_coverage"]])
+    assert 1 <= episode["rounds_median"] < 100 and 0 < episode["latency_p50_ms"] <= episode["latency_max_ms"]
     summary = summarize("paradigms", {"window": 8}, [episode, {**episode, "seed": 100001, "score": 0.5}])
     assert summary["episodes"] == 2 and summary["mean_score"] == pytest.approx((episode["score"] + 0.5) / 2)
     low, high = summary["score_ci95"]
@@ -38,13 +34,15 @@ def test_eval_command_writes_json_and_plot(tiny_checkpoint, tmp_path):
     plot = tmp_path / "eval.png"
     code = main(["eval", "--checkpoint", str(tiny_checkpoint), "--sampler", "sequential,paradigms", "--episodes", "1",
                  "--max-steps", "8", "--workers", "1", "--json", str(out), "--plot", str(plot), "--window", "8"])
-    assert code == 0 and plot.stat().st_size > 0
+    assert code == 0 and plot.read_bytes()[:8] == PNG_SIGNATURE
     results = json.loads(out.read_text())
     assert [row["sampler"] for row in results] == ["sequential", "paradigms"]
     for row in results:
-        for key in ("episodes", "mean_score", "success_rate", "rounds_median", "latency_p50_ms", "per_episode"):
-            assert key in row
-        assert row["per_episode"][0]["seed"] == 100000
+        [episode] = row["per_episode"]
+        assert (row["episodes"], episode["seed"], episode["steps"]) == (1, 100000, 8)
+        assert (row["mean_score"], row["success_rate"]) == (episode["score"], float(episode["success"]))
+        assert (row["rounds_median"], row["latency_p50_ms"]) == (episode["rounds_median"], episode["latency_p50_ms"])
+    assert results[0]["rounds_median"] == 100 and 1 <= results[1]["rounds_median"] < 100
 
 
 def test_eval_refuses_a_missing_checkpoint(tmp_path, capsys):
@@ -71,7 +69,8 @@ def test_episode_log_resumes_without_running_finished_episodes(tiny_checkpoint, 
     assert again[0]["per_episode"] == first[0]["per_episode"]
 
 
-def test_scheduler_override_is_used_recorded_and_kept_apart_in_the_episode_log(tiny_checkpoint, tmp_path):
+def test_scheduler_override_is_used_recorded_and_kept_apart_in_the_episode_log(tiny_checkpoint, tmp_path,
+                                                                                policy_config):
     from paradigms_policy.commands import evaluate as evaluation
 
     log = tmp_path / "episodes.jsonl"
@@ -82,8 +81,9 @@ def test_scheduler_override_is_used_recorded_and_kept_apart_in_the_episode_log(t
                                progress=False)[0]
     assert len(log.read_text().splitlines()) == 2  # the DDIM episode did not reuse the logged one
     assert (ddim["scheduler"], ddim["num_inference_steps"], ddim["rounds_median"]) == ("ddim", 4, 4)
-    assert checkpoint_own["scheduler"] == small_config().scheduler.name
-    assert checkpoint_own["rounds_median"] == small_config().scheduler.num_inference_steps
+    scheduler = policy_config.scheduler  # the checkpoint's own
+    assert (checkpoint_own["scheduler"], checkpoint_own["rounds_median"]) == (scheduler.name,
+                                                                              scheduler.num_inference_steps)
 
 
 def test_real_time_execution_plans_every_replan_steps_and_fills_the_delay(tiny_checkpoint, monkeypatch):
@@ -118,3 +118,62 @@ def test_impossible_real_time_execution_is_refused(tiny_checkpoint, capsys):
     code = main(["eval", "--checkpoint", str(tiny_checkpoint), "--episodes", "1", "--delay-steps", "10",
                  "--replan-every", "8"])
     assert code == 2 and "delay_steps + replan_every <= 15" in capsys.readouterr().err
+
+
+def test_chunk_player_commits_what_will_run_and_records_switches():
+    from paradigms_policy.commands.evaluate import ChunkPlayer
+
+    player = ChunkPlayer(delay_steps=2, replan_every=3, hold=np.array([5.0, 5.0]))
+    np.testing.assert_array_equal(player.committed(0), [[5, 5], [5, 5]])  # nothing executed yet: the hold runs
+    player.receive(0, np.array([[float(k), 0.0] for k in range(10)]))  # actions 2, 3, 4 run at steps 2, 3, 4
+    executed = [player.next_action(step).copy() for step in range(3)]
+    np.testing.assert_array_equal(executed, [[5, 5], [5, 5], [2, 0]])
+    # Planned at step 3: the action executed at step 2, then those of steps 3 and 4 (the old chunk's 3 and 4).
+    np.testing.assert_array_equal(player.committed(3), [[2, 0], [3, 0], [4, 0]])
+    player.receive(3, np.array([[10.0 + k, 0.0] for k in range(10)]))  # its actions 2.. run from step 5
+    executed += [player.next_action(step).copy() for step in range(3, 7)]
+    np.testing.assert_array_equal(executed[3:], [[3, 0], [4, 0], [12, 0], [13, 0]])
+    smooth = player.smoothness()
+    # Switches at steps 2 (hold -> 2) and 5 (4 -> 12); the other steps move 0, 1, 1, 1.
+    assert smooth["switch_jump_max"] == pytest.approx(8.0)
+    assert smooth["switch_jump_mean"] == pytest.approx((np.hypot(3, 5) + 8.0) / 2)
+    assert smooth["step_mean"] == pytest.approx(0.75)
+
+
+def test_real_time_chunking_continues_the_committed_actions(tiny_checkpoint):
+    from paradigms_policy.commands.evaluate import ChunkPlayer, commitment_options
+
+    policy = load_policy(tiny_checkpoint, sampler="parataa")
+    player = ChunkPlayer(delay_steps=3, replan_every=5, hold=np.array([100.0, 100.0]))
+    player.receive(0, np.linspace([100.0, 100.0], [300.0, 200.0], 15))
+    for step in range(5):
+        player.next_action(step)
+    committed = np.stack(player.committed(5))
+    options = commitment_options(policy, player, 5)
+    assert options["committed_positions"] == [0, 1, 2, 3]  # step 4 (executed), then steps 5, 6, 7
+    output = policy.predict(np.full((2, 20), 256.0, np.float32), generator=torch.Generator().manual_seed(0), **options)
+    np.testing.assert_allclose(output.action_horizon[:4], committed, atol=1e-3)  # pixels, after unnormalising
+
+
+def test_real_time_chunking_episode_records_smoothness(tiny_checkpoint):
+    policy = load_policy(tiny_checkpoint)
+    episode = run_episode(policy, seed=100000, max_steps=12, delay_steps=2, replan_every=5, real_time_chunking=True)
+    assert episode["chunks"] == 3
+    assert episode["switch_jump_max"] >= episode["switch_jump_mean"] >= 0 and episode["step_mean"] > 0
+
+
+def test_delay_study_pairs_every_row_with_the_undelayed_plain_row(tiny_checkpoint, tmp_path):
+    from paradigms_policy.commands.cli import main
+
+    out, plot = tmp_path / "delays.json", tmp_path / "delays.png"
+    code = main(["delays", "--checkpoint", str(tiny_checkpoint), "--delays", "0,2", "--episodes", "2", "--max-steps", "10",
+                 "--workers", "1", "--json", str(out), "--plot", str(plot), "--replan-every", "5"])
+    rows = json.loads(out.read_text())
+    assert code == 0 and plot.read_bytes()[:8] == PNG_SIGNATURE
+    assert [(row["delay_steps"], row["real_time_chunking"]) for row in rows] == [(0, False), (0, True), (2, False),
+                                                                                  (2, True)]
+    assert rows[0]["paired_vs_baseline"] == {"mean": 0.0, "half_width_95": 0.0}
+    for row in rows[1:]:
+        expected = np.mean([mine["score"] - base["score"] for mine, base in zip(row["per_episode"], rows[0]["per_episode"])])
+        assert row["paired_vs_baseline"]["mean"] == pytest.approx(expected)
+        assert row["execution"]["replan_every"] == 5 and row["execution"].get("real_time_chunking", False) == row["real_time_chunking"]

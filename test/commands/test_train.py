@@ -1,21 +1,46 @@
-"""Training: the loss falls, checkpoints load, resume continues, torchrun with gloo works."""
+"""Training: the objective, the loss falls, checkpoints load, resume continues, torchrun with gloo works."""
 import json
 import os
 import subprocess
 import sys
 
 import numpy as np
+import torch
 
 from paradigms_policy.checkpoint import load_policy
-from paradigms_policy.commands.train import TrainConfig, train
-
-from conftest import REPO_ROOT
+from paradigms_policy.commands.train import TrainConfig, diffusion_loss, train
+from paradigms_policy.schedulers import make_scheduler
 
 TINY = dict(down_dims=(16, 32), diffusion_step_embed_dim=16, batch_size=32, episodes=list(range(6)))
 
 
 def read_log(run_dir):
     return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_the_loss_is_epsilon_prediction_on_the_schedulers_forward_process(policy_config, normalizers):
+    """The denoiser sees scheduler.add_noise(normalised actions, e, t), t and the normalised, flattened
+    observation window, and is scored against e; e then t are drawn from torch's global generator."""
+    obs_normalizer, action_normalizer = normalizers
+    scheduler = make_scheduler(policy_config.scheduler)
+    obs, actions = 512 * torch.rand(4, 2, 20), 512 * torch.rand(4, 16, 2)
+    prediction = torch.randn(4, 16, 2)
+    seen = []
+
+    def denoiser(noisy, timesteps, condition):
+        seen.append((noisy, timesteps, condition))
+        return prediction
+
+    torch.manual_seed(7)
+    loss = diffusion_loss(denoiser, scheduler, normalizers, obs, actions)
+    torch.manual_seed(7)
+    noise = torch.randn(4, 16, 2)
+    timesteps = torch.randint(0, 100, (4,))
+    [(noisy, seen_timesteps, condition)] = seen
+    assert torch.equal(seen_timesteps, timesteps)
+    assert torch.equal(noisy, scheduler.add_noise(action_normalizer.normalize(actions), noise, timesteps))
+    assert torch.equal(condition, obs_normalizer.normalize(obs).reshape(4, 40))
+    assert condition.abs().max() <= 1 and loss.item() == torch.nn.functional.mse_loss(prediction, noise).item()
 
 
 def test_loss_falls_and_checkpoint_loads(pusht_zarr, tmp_path):
@@ -25,7 +50,9 @@ def test_loss_falls_and_checkpoint_loads(pusht_zarr, tmp_path):
     losses = [row["loss"] for row in read_log(tmp_path / "run")]
     assert len(losses) == 80
     assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10])
-    assert (tmp_path / "run" / "checkpoints" / "step_0000040" / "model.safetensors").exists()
+    halfway = tmp_path / "run" / "checkpoints" / "step_0000040"
+    assert json.loads((halfway / "config.json").read_text())["metadata"]["trained_steps"] == 40
+    assert load_policy(halfway).config == load_policy(final).config
     policy = load_policy(final)
     output = policy.predict(np.full((2, 20), 256.0, np.float32))
     assert output.actions.shape == (8, 2) and np.isfinite(output.actions).all()
@@ -43,13 +70,13 @@ def test_resume_continues_the_step_count(pusht_zarr, tmp_path):
     assert metadata["trained_steps"] == 16
 
 
-def test_torchrun_data_parallel_on_cpu_with_gloo(pusht_zarr, tmp_path):
+def test_torchrun_data_parallel_on_cpu_with_gloo(pusht_zarr, tmp_path, repo_root):
     run_dir = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "paradigms_policy.commands.cli", "train", "--data", str(pusht_zarr), "--output", str(run_dir),
                "--steps", "4", "--batch-size", "8", "--down-dims", "16,32", "--step-embed-dim", "16",
                "--checkpoint-every", "4", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo_root)}
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     metadata = json.loads((run_dir / "final" / "config.json").read_text())["metadata"]

@@ -7,19 +7,16 @@ from paradigms_policy.samplers import get_sampler
 from paradigms_policy.schedulers import make_scheduler
 from paradigms_policy.config import SchedulerConfig
 
-from conftest import small_model
 
-
-def solve(denoiser, model, device, sampler, **options):
+def solve(denoiser, model, device, sampler, scheduler=None, **options):
     torch.manual_seed(3)
     condition = model.encode_condition(torch.randn(2, 40, device=device))
     noise = torch.randn(2, 16, 2, device=device)
-    return get_sampler(sampler)(denoiser, make_scheduler(SchedulerConfig()), noise, condition,
+    return get_sampler(sampler)(denoiser, scheduler or make_scheduler(SchedulerConfig()), noise, condition,
                                 generator=torch.Generator().manual_seed(0), **options)
 
 
-def test_off_cuda_the_captured_denoiser_is_the_eager_call():
-    model = small_model()
+def test_off_cuda_the_captured_denoiser_is_the_eager_call(model):
     captured = CapturedDenoiser(model.denoise)
     for sampler, options in (("sequential", {}), ("paradigms", {"window": 8, "fixed_shape": True})):
         eager, _ = solve(model.denoise, model, "cpu", sampler, **options)
@@ -29,12 +26,38 @@ def test_off_cuda_the_captured_denoiser_is_the_eager_call():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-def test_graph_replays_match_eager_on_cuda():
-    model = small_model().cuda()
+def test_graph_replays_match_eager_on_cuda(model):
+    model = model.cuda()
     captured = CapturedDenoiser(model.denoise)
     for sampler, options in (("sequential", {}), ("paradigms", {"window": 8, "fixed_shape": True})):
         eager, _ = solve(model.denoise, model, "cuda", sampler, **options)
-        replayed, stats = solve(captured, model, "cuda", sampler, **options)
+        replayed, _ = solve(captured, model, "cuda", sampler, **options)
         torch.testing.assert_close(replayed, eager, rtol=0, atol=1e-5)
     # One graph for the sequential batch, one for the fixed-shape window.
     assert len(captured.captured_shapes) == 2
+
+
+def chain_loop_answer(model, device, scheduler):
+    from paradigms_policy.graphs import CapturedChainLoop
+    from paradigms_policy.samplers.chain import DenoisingChain
+
+    torch.manual_seed(3)
+    condition = model.encode_condition(torch.randn(2, 40, device=device))
+    noise = torch.randn(2, 16, 2, device=device)
+    chain = DenoisingChain.cached(scheduler, device, torch.float32)
+    noise_terms = chain.draw_noise(noise.shape, torch.Generator().manual_seed(0), device, torch.float32)
+    return CapturedChainLoop(model.denoise, chain)(noise, noise_terms, condition).clone()
+
+
+def test_chain_loop_off_cuda_is_the_sequential_answer_bit_for_bit(model, standard_scheduler):
+    expected, _ = solve(model.denoise, model, "cpu", "sequential", standard_scheduler)
+    assert torch.equal(chain_loop_answer(model, "cpu", standard_scheduler), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_chain_loop_replay_matches_the_eager_loop_on_cuda(model):
+    scheduler = make_scheduler(SchedulerConfig())
+    model = model.cuda()
+    replayed = chain_loop_answer(model, "cuda", scheduler)
+    eager, _ = solve(model.denoise, model, "cuda", "paradigms", scheduler, window=1)
+    torch.testing.assert_close(replayed, eager, rtol=0, atol=1e-5)

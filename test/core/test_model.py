@@ -4,8 +4,6 @@ import torch
 
 from paradigms_policy.model import ConditionalUnet1D
 
-from conftest import small_model
-
 
 def test_parameter_count_of_the_original_pusht_lowdim_unet():
     model = ConditionalUnet1D(input_dim=2, global_cond_dim=40, diffusion_step_embed_dim=256,
@@ -13,15 +11,20 @@ def test_parameter_count_of_the_original_pusht_lowdim_unet():
     assert sum(p.numel() for p in model.parameters()) == 65_783_298
 
 
-def test_state_dict_uses_diffusion_policy_names():
-    names = set(small_model().state_dict())
-    for expected in ("diffusion_step_encoder.1.weight", "diffusion_step_encoder.3.bias",
-                     "down_modules.0.0.blocks.0.block.0.weight", "down_modules.0.0.blocks.1.block.1.bias",
-                     "down_modules.0.0.cond_encoder.1.weight", "down_modules.0.0.residual_conv.weight",
-                     "down_modules.0.2.conv.weight", "mid_modules.1.cond_encoder.1.bias",
-                     "up_modules.0.0.residual_conv.weight", "up_modules.0.2.conv.weight",
-                     "final_conv.0.block.0.weight", "final_conv.1.weight"):
-        assert expected in names
+def test_state_dict_uses_diffusion_policy_names_and_shapes(model):
+    """Names and shapes as Diffusion Policy's ConditionalUnet1D (down_dims 16, 32; step embedding 16;
+    condition 16 + 40; FiLM scale and bias), so its checkpoints load by name."""
+    shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    expected = {
+        "diffusion_step_encoder.1.weight": (64, 16), "diffusion_step_encoder.3.bias": (16,),
+        "down_modules.0.0.blocks.0.block.0.weight": (16, 2, 5), "down_modules.0.0.blocks.1.block.1.bias": (16,),
+        "down_modules.0.0.cond_encoder.1.weight": (32, 56), "down_modules.0.0.residual_conv.weight": (16, 2, 1),
+        "down_modules.0.2.conv.weight": (16, 16, 3), "mid_modules.1.cond_encoder.1.bias": (64,),
+        "up_modules.0.0.residual_conv.weight": (16, 64, 1), "up_modules.0.2.conv.weight": (16, 16, 4),
+        "final_conv.0.block.0.weight": (16, 16, 5), "final_conv.1.weight": (2, 16, 1),
+    }
+    assert {name: shapes.get(name) for name in expected} == expected
+    assert len(shapes) == 100
 
 
 def reference_forward(model: ConditionalUnet1D, sample, timestep, global_cond):
@@ -65,8 +68,7 @@ def test_film_hoist_changes_nothing():
                 torch.testing.assert_close(hoisted, reference, rtol=1e-5, atol=1e-6)
 
 
-def test_condition_is_encoded_once_and_shared_by_stacked_slots():
-    model = small_model()
+def test_condition_is_encoded_once_and_shared_by_stacked_slots(model):
     torch.manual_seed(2)
     cond = torch.randn(3, 40)
     samples = torch.randn(2, 3, 16, 2)
@@ -78,6 +80,6 @@ def test_condition_is_encoded_once_and_shared_by_stacked_slots():
             torch.testing.assert_close(stacked[slot], model(samples[slot], timesteps[slot], cond), rtol=1e-5, atol=1e-6)
 
 
-def test_condition_shape_is_checked():
+def test_condition_shape_is_checked(model):
     with pytest.raises(ValueError, match=r"\(B, 40\)"):
-        small_model().encode_condition(torch.randn(2, 39))
+        model.encode_condition(torch.randn(2, 39))

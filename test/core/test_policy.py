@@ -5,15 +5,16 @@ import torch
 
 from paradigms_policy.policy import DiffusionPolicy
 
-from conftest import pixel_normalizers, small_config, small_model
+
+@pytest.fixture
+def make_policy(policy_config, model, normalizers):
+    """DiffusionPolicy(the small model, pixel normalisers, **sampler settings); the policies share the model."""
+    def make(**sampler):
+        return DiffusionPolicy(policy_config, model, *normalizers, **sampler)
+    return make
 
 
-def make_policy(**sampler):
-    config = small_config()
-    return DiffusionPolicy(config, small_model(config=config), *pixel_normalizers(), **sampler)
-
-
-def test_predict_returns_the_chunk_to_execute_and_the_horizon():
+def test_predict_returns_the_chunk_to_execute_and_the_horizon(make_policy):
     policy = make_policy()
     single = policy.predict(np.full((2, 20), 200.0), generator=torch.Generator().manual_seed(0))
     assert single.actions.shape == (8, 2) and single.action_horizon.shape == (16, 2)
@@ -24,29 +25,33 @@ def test_predict_returns_the_chunk_to_execute_and_the_horizon():
 
 @pytest.mark.parametrize("bad, message", [(np.zeros((2, 19)), r"\(2, 20\)"), (np.zeros((20,)), r"\(2, 20\)"),
                                           (np.full((2, 20), np.nan), "NaN")])
-def test_bad_observations_are_refused(bad, message):
+def test_bad_observations_are_refused(make_policy, bad, message):
     with pytest.raises(ValueError, match=message):
         make_policy().predict(bad)
 
 
-def test_temporal_warm_start_changes_rounds_not_the_answer():
-    cold = make_policy(sampler="paradigms", sampler_options={"window": 100, "tolerance": 0.01})
-    warm = make_policy(sampler="paradigms", sampler_options={"window": 100, "tolerance": 0.01, "warm_start": "temporal"})
+def test_temporal_warm_start_keeps_the_answer_and_reset_forgets_the_previous_chunk(make_policy):
+    options = {"window": 100, "tolerance": 0.01}
+    cold = make_policy(sampler="paradigms", sampler_options=options)
+    warm = make_policy(sampler="paradigms", sampler_options={**options, "warm_start": "temporal"})
     observations = [np.full((2, 20), 200.0), np.full((2, 20), 205.0)]
-    rounds = {}
-    for name, policy in (("cold", cold), ("warm", warm)):
-        outputs = [policy.predict(obs, generator=torch.Generator().manual_seed(step)) for step, obs in enumerate(observations)]
-        rounds[name] = [output.stats.rounds for output in outputs]
-        if name == "cold":
-            expected = outputs[1].normalized_horizon
-        else:
-            assert (outputs[1].normalized_horizon - expected).abs().max() < 0.01
-    assert rounds["warm"][0] == rounds["cold"][0]  # nothing to start from on the first chunk
+
+    def chunks(policy):
+        return [policy.predict(obs, generator=torch.Generator().manual_seed(step)) for step, obs in enumerate(observations)]
+
+    cold_chunks, warm_chunks = chunks(cold), chunks(warm)
+    # Nothing to start from on the first chunk: the cold solve exactly.
+    assert warm_chunks[0].stats == cold_chunks[0].stats
+    assert torch.equal(warm_chunks[0].normalized_horizon, cold_chunks[0].normalized_horizon)
+    # The second starts from the first chunk's trajectory: other iterates, the same answer within tolerance.
+    assert warm_chunks[1].stats.residual_history != cold_chunks[1].stats.residual_history
+    assert (warm_chunks[1].normalized_horizon - cold_chunks[1].normalized_horizon).abs().max() < 0.01
     warm.reset()
-    assert warm._previous_trajectory is None
+    again = warm.predict(observations[1], generator=torch.Generator().manual_seed(1))
+    assert again.stats == cold_chunks[1].stats and torch.equal(again.normalized_horizon, cold_chunks[1].normalized_horizon)
 
 
-def test_warm_start_needs_a_parallel_sampler():
+def test_warm_start_needs_a_parallel_sampler(make_policy):
     with pytest.raises(ValueError, match="parallel sampler"):
         make_policy(sampler="sequential", sampler_options={"warm_start": "temporal"})
     with pytest.raises(ValueError, match="warm_start must be one of"):

@@ -1,13 +1,9 @@
-"""Tests for paradigms_policy.dataset (Push-T low-dim windows)."""
-
-
+"""Tests for paradigms_policy.pusht.dataset (Push-T low-dim windows)."""
 import numpy as np
 import pytest
 import torch
 
 from paradigms_policy.pusht.dataset import PushTLowdimDataset
-
-from conftest import shared_zarr_path
 
 zarr = pytest.importorskip("zarr")
 
@@ -15,11 +11,9 @@ zarr = pytest.importorskip("zarr")
 HORIZON, N_OBS_STEPS, N_ACTION_STEPS = 16, 2, 8
 
 
-
-
 @pytest.fixture(scope="module")
-def real_dataset():
-    return PushTLowdimDataset(shared_zarr_path(), HORIZON, N_OBS_STEPS, N_ACTION_STEPS)
+def real_dataset(pusht_zarr):
+    return PushTLowdimDataset(pusht_zarr, HORIZON, N_OBS_STEPS, N_ACTION_STEPS)
 
 
 def write_synthetic_zarr(path, episode_lengths):

@@ -1,22 +1,16 @@
-"""Tests for paradigms_policy.pusht_env (gym-pusht harness in the low-dim layout)."""
+"""Tests for paradigms_policy.pusht.env (gym-pusht harness in the low-dim layout)."""
 
 import numpy as np
 import pytest
 
-from paradigms_policy.pusht.dataset import load_pusht_arrays
-from paradigms_policy.pusht.dataset import recover_local_keypoints
+from paradigms_policy.pusht.dataset import load_pusht_arrays, recover_local_keypoints
 from paradigms_policy.pusht.env import KEYPOINTS_LOCAL, episode_score, keypoints_from_block_pose, observation_from_state
-
-from conftest import shared_zarr_path
-
-
-
 
 
 @pytest.fixture(scope="module")
-def arrays():
+def arrays(pusht_zarr):
     pytest.importorskip("zarr")
-    return load_pusht_arrays(shared_zarr_path())
+    return load_pusht_arrays(pusht_zarr)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +47,8 @@ def test_episode_score():
         episode_score([])
 
 
-def test_local_keypoints_match_data(arrays):
-    local, max_spread_px = recover_local_keypoints(shared_zarr_path())
+def test_local_keypoints_match_data(arrays, pusht_zarr):
+    local, max_spread_px = recover_local_keypoints(pusht_zarr)
     assert np.abs(local - KEYPOINTS_LOCAL).max() < 0.05
     # The recorded keypoints are one rigid shape to float32 precision.
     assert max_spread_px < 1e-3

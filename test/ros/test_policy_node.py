@@ -1,18 +1,18 @@
 """Integration tests of policy_node over real DDS on loopback (rclpy from PyPI or a ROS 2 install).
 
-Each test starts its own rclpy Context in a test-unique ROS domain with LOCALHOST discovery, a
+Each test starts its own `LocalSession` in a test-unique ROS domain with LOCALHOST discovery, a
 small random policy checkpoint (DDIM, 10 steps) and a probe node that publishes observations and
 records what the policy node publishes.
 """
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 # Discovery settings must be in place before any rclpy.init.
 DOMAIN_ID = 1 + os.getpid() % 100
@@ -23,19 +23,22 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy is not importable (pip instal
                                             "or source a ROS 2 install)")
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.context import Context  # noqa: E402
 from rclpy.event_handler import PublisherEventCallbacks  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float32MultiArray  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
-from paradigms_policy.checkpoint import save_policy
+from paradigms_policy.checkpoint import load_policy, save_policy  # noqa: E402
 from paradigms_policy.config import PolicyConfig, SchedulerConfig  # noqa: E402
+from paradigms_policy.control.sampling import SamplerChoice  # noqa: E402
 from paradigms_policy.model import ConditionalUnet1D  # noqa: E402
 from paradigms_policy.normalizer import AffineNormalizer  # noqa: E402
-from paradigms_policy.ros.policy_node import RELIABLE_COMMANDS, PolicyNode, StartupError
+from paradigms_policy.ros.common import RELIABLE_COMMANDS, LocalSession, StartupError, parameter_overrides  # noqa: E402
+from paradigms_policy.ros.policy_node import PolicyNode  # noqa: E402
+from paradigms_policy.samplers import paradigms, parataa  # noqa: E402
+
+pytestmark = pytest.mark.dds
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PERIOD_NS = 100_000_000  # control_rate 10 Hz
@@ -69,15 +72,12 @@ def checkpoint(tmp_path_factory):
 
 
 class Harness:
-    """A Context, a probe node and a SingleThreadedExecutor spinning in a thread."""
+    """A LocalSession with a probe node that publishes observations and records what comes back."""
 
     def __init__(self, checkpoint):
         self.checkpoint = str(checkpoint)
-        self.context = Context()
-        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
-        self.nodes = []
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.probe = rclpy.create_node("probe", context=self.context)
+        self.session = LocalSession(DOMAIN_ID, name="test")
+        self.probe = self.session.create_node("probe")
         self.trajectories = []  # (message, receive time ns)
         self.diagnostics = []
         self.trajectory_sub = self.probe.create_subscription(JointTrajectory, "joint_trajectory", self._on_trajectory,
@@ -90,8 +90,6 @@ class Harness:
                                                    event_callbacks=self._count_matches("/observation"))
         self.array_pub = self.probe.create_publisher(Float32MultiArray, "observation_array", 10,
                                                      event_callbacks=self._count_matches("/observation_array"))
-        self.executor.add_node(self.probe)
-        self._spinner = None
 
     def _count_matches(self, topic):
         def on_matched(info):
@@ -108,23 +106,23 @@ class Harness:
     def policy_node(self, **params):
         values = {"checkpoint": self.checkpoint, "num_threads": 1, "warmup_runs": 1, "diagnostics_rate": 20.0,
                   "sampler": "sequential"}
-        values.update(params)
-        node = PolicyNode(context=self.context,
-                          parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
-        self.nodes.append(node)
-        self.executor.add_node(node)
-        return node
+        values.update(params)  # None: leave the parameter at its declared default
+        values = {name: value for name, value in values.items() if value is not None}
+        return self.session.add(PolicyNode(context=self.session.context,
+                                           parameter_overrides=parameter_overrides(values)))
 
     def start(self, node, publisher=None):
         publisher = publisher or self.obs_pub
-        self._spinner = threading.Thread(target=self.executor.spin, daemon=True)
-        self._spinner.start()
+        self.session.start()
+
         # Both ends of both topics must have matched: a best-effort reader drops what arrives before.
-        assert wait_for(lambda: publisher.get_subscription_count() >= 1
-                        and self.matched_readers.get(publisher.topic_name, 0) >= 1
-                        and node._subscription.get_publisher_count() >= 1
-                        and node._trajectory_pub.get_subscription_count() >= 1
-                        and self.trajectory_sub.get_publisher_count() >= 1), "discovery did not complete"
+        def matched():
+            stats = node.statistics()
+            return (publisher.get_subscription_count() >= 1 and self.matched_readers.get(publisher.topic_name, 0) >= 1
+                    and stats["observation_publishers"] >= 1 and stats["trajectory_subscribers"] >= 1
+                    and self.trajectory_sub.get_publisher_count() >= 1)
+
+        assert wait_for(matched), "discovery did not complete"
 
     def publish(self, values, stamp=None):
         msg = JointState()
@@ -135,13 +133,7 @@ class Harness:
         return stamp
 
     def close(self):
-        self.executor.shutdown()
-        if self._spinner is not None:
-            self._spinner.join(timeout=5)
-        for node in self.nodes:
-            node.destroy_node()
-        self.probe.destroy_node()
-        rclpy.shutdown(context=self.context)
+        self.session.close()
 
 
 @pytest.fixture
@@ -201,7 +193,7 @@ def test_parallel_sampler_publishes_and_fixed_round_cap_applies(ros):
     assert wait_for(lambda: ros.trajectories, timeout=3.0)
     msg, received = ros.trajectories[0]
     check_trajectory(msg, second, received, 500.0)
-    record = node.chunk_log[-1]
+    record = node.ledger.records()[-1]
     assert record["published"] and record["rounds"] == 2 and record["round_cap"] == 2 and not record["converged"]
 
 
@@ -284,7 +276,7 @@ def test_auto_round_cap_meets_the_deadline(checkpoint, monkeypatch):
                   and 0 < stamp_ns(msg.header.stamp) - s <= 350 * MS]
         assert source, "the trajectory's stamp is not a whole number of periods after an observation"
         assert received <= source[-1] + 300 * MS
-        published = [r for r in node.chunk_log if r["published"]]
+        published = [r for r in node.ledger.records() if r["published"]]
         assert published and all(r["round_cap"] is not None and r["rounds"] <= r["round_cap"] < 10 for r in published)
         assert all(r["ready_age_s"] <= 0.25 for r in published)
     finally:
@@ -307,14 +299,14 @@ def test_diagnostics_arrive(ros):
     assert wait_for(lambda: ros.trajectories, timeout=3.0)
     assert wait_for(lambda: any(_diagnostic_value(d, "observations_rejected") == "1"
                                 and _diagnostic_value(d, "chunks_published") == "1" for d in ros.diagnostics), 3.0)
-    array = ros.diagnostics[-1]
+    array = next(d for d in ros.diagnostics if _diagnostic_value(d, "chunks_published") == "1")
     status = array.status[0]
-    assert "policy_node" in status.name
-    keys = {item.key for item in status.values}
-    for key in ("latency_p50_ms", "latency_p99_ms", "rounds_p50", "deadline_misses", "observations_rejected",
-                "rejected_wrong_length", "chunks_published"):
-        assert key in keys
-    assert float(_diagnostic_value(array, "latency_p50_ms")) > 0
+    assert status.name == "policy_node: policy inference" and status.hardware_id == str(node.policy.device)
+    values = {item.key: item.value for item in status.values}
+    assert (values["rejected_wrong_length"], values["deadline_misses"], values["inferences"]) == ("1", "0", "1")
+    assert (values["sampler"], values["window"], values["tolerance"]) == ("sequential", "n/a", "n/a")
+    assert values["rounds_p50"] == "10.000" and values["deadline_ms"] == "500.000"
+    assert 0 < float(values["latency_p50_ms"]) <= float(values["ready_age_p50_ms"]) < 500
 
 
 def test_unstamped_float32_multi_array_observations(ros):
@@ -331,12 +323,15 @@ def test_unstamped_float32_multi_array_observations(ros):
 
 def test_runtime_parameter_changes_are_validated(ros):
     node = ros.policy_node()
+    assert node.statistics()["deadline_ms"] == 500.0
     assert node.set_parameters([Parameter("deadline_ms", value=300.0)])[0].successful
-    assert node.statistics() is not None and node._settings["deadline_ms"] == 300.0
+    assert node.statistics()["deadline_ms"] == 300.0
     result = node.set_parameters([Parameter("deadline_ms", value=900.0)])[0]  # beyond the chunk's 700 ms span
     assert not result.successful and "deadline_ms" in result.reason
     assert not node.set_parameters([Parameter("sampler", value="nope")])[0].successful
+    assert not node.set_parameters([Parameter("tolerance", value=-0.5)])[0].successful  # -1 or >= 0
     assert not node.set_parameters([Parameter("checkpoint", value="/elsewhere")])[0].successful  # read-only
+    assert node.statistics()["deadline_ms"] == 300.0  # the refused changes left the settings alone
 
 
 def test_missing_checkpoint_fails_startup_with_clear_message(ros, tmp_path):
@@ -359,11 +354,67 @@ def test_missing_checkpoint_fails_startup_with_clear_message(ros, tmp_path):
     ({"action_min": [10.0, 10.0], "action_max": [5.0, 600.0]}, "action_min must be below action_max"),
     ({"device": "tpu"}, "device must be"),
     ({"deadline_ms": 800.0}, "deadline_ms 800 must be below"),
+    ({"tolerance": -0.5}, "tolerance must be -1"),
     ({"control_rate": 10}, "invalid parameter 'control_rate'"),
 ])
 def test_invalid_parameters_fail_startup(ros, params, expected):
     with pytest.raises(StartupError, match=expected):
         ros.policy_node(**params)
+
+
+WIDE_BOUNDS = {"action_min": [-1e4, -1e4], "action_max": [1e4, 1e4]}  # nothing clipped
+
+
+def first_trajectory(ros, node):
+    """(positions of the first published trajectory, index of its first action in the chunk, its chunk record)
+    for the observation pair 250, 260."""
+    ros.start(node)
+    _, second = publish_pair(ros)
+    assert wait_for(lambda: ros.trajectories, timeout=3.0), "no trajectory published"
+    msg, _ = ros.trajectories[0]
+    first_index = (stamp_ns(msg.header.stamp) - second) // PERIOD_NS
+    return np.array([point.positions for point in msg.points]), first_index, node.ledger.records()[-1]
+
+
+@pytest.mark.parametrize("tolerance, rounds", [(0.0, 10), (100.0, 1)])
+def test_tolerance_reaches_parataa(ros, checkpoint, tolerance, rounds):
+    """At tolerance 0 ParaTAA gives the sequential answer for the seeded noise (in 10 rounds, as at its
+    default 2e-4 on this model); at 100 it stops after one round."""
+    node = ros.policy_node(sampler="parataa", tolerance=tolerance, seed=5, auto_round_cap=False, **WIDE_BOUNDS)
+    on_cuda = node.policy.device.type == "cuda"
+    assert node.sampler_choice == SamplerChoice("parataa", None, tolerance, fixed_shape=on_cuda)
+    assert node.policy.sampler_options == {"window": None, "tolerance": tolerance, "fixed_shape": on_cuda}
+    positions, first_index, record = first_trajectory(ros, node)
+    sequential = load_policy(checkpoint, device=str(node.policy.device)).predict(
+        np.stack([obs(250.0), obs(260.0)]), generator=torch.Generator(node.policy.device).manual_seed(5))
+    deviation = np.abs(positions - sequential.actions[first_index:]).max()
+    assert record["rounds"] == rounds and record["published"]
+    assert deviation < 0.01 if tolerance == 0.0 else deviation > 1.0
+    stats = node.statistics()
+    assert (stats["sampler"], stats["window"], stats["tolerance"]) == ("parataa", "whole chain", tolerance)
+
+
+@pytest.mark.parametrize("sampler, window, tolerance", [
+    ("paradigms", paradigms.DEFAULT_WINDOW, paradigms.DEFAULT_TOLERANCE),
+    ("parataa", parataa.DEFAULT_WINDOW, parataa.DEFAULT_TOLERANCE),
+])
+def test_window_0_and_tolerance_minus_1_are_each_samplers_defaults(ros, sampler, window, tolerance):
+    """On a 20-step chain a one-round chunk evaluates the default window: 16 states for ParaDiGMS, the
+    whole chain (20) for ParaTAA."""
+    node = ros.policy_node(sampler=sampler, window=0, tolerance=-1.0, num_inference_steps=20, round_cap=1,
+                           auto_round_cap=False)
+    on_cuda = node.policy.device.type == "cuda"
+    assert node.sampler_choice == SamplerChoice(sampler, window, tolerance, fixed_shape=on_cuda)
+    _, _, record = first_trajectory(ros, node)
+    assert (record["rounds"], record["model_evals"]) == (1, window or 20)
+    stats = node.statistics()
+    assert (stats["window"], stats["tolerance"]) == (str(window) if window else "whole chain", tolerance)
+
+
+def test_the_default_sampler_is_parataa(ros):
+    node = ros.policy_node(sampler=None, warmup_runs=0)  # the declared default
+    assert node.sampler_choice.name == "parataa"
+    assert (node.sampler_choice.window, node.sampler_choice.tolerance) == (None, parataa.DEFAULT_TOLERANCE)
 
 
 def test_policy_node_executable_reports_missing_checkpoint_in_one_line(tmp_path):

@@ -1,0 +1,54 @@
+"""The demo's nodes: the policy node and the Push-T simulation node in one process, over DDS on this host."""
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator, Sequence
+
+from .common import LocalSession, parameter_overrides
+from .policy_node import PolicyNode
+from .pusht_sim_node import PushTSimNode
+
+
+class DemoNodes:
+    """`PolicyNode` and `PushTSimNode` on one `LocalSession`, configured from ROS 2 parameter files.
+
+    `policy_overrides` and `sim_overrides` ({name: value}) take precedence over the files. Raises
+    `StartupError` when a node cannot start (the session is then closed); otherwise both nodes
+    spin until `close`.
+    """
+
+    def __init__(self, params_files: Sequence[str], policy_overrides: dict[str, Any], sim_overrides: dict[str, Any],
+                 domain_id: int | None = None):
+        cli_args = ["--ros-args"] + [arg for path in params_files for arg in ("--params-file", str(path))]
+        self.session = LocalSession(domain_id, name="demo")
+        try:
+            self.policy = self.session.add(PolicyNode(context=self.session.context, cli_args=cli_args,
+                                                      parameter_overrides=parameter_overrides(policy_overrides)))
+            self.sim = self.session.add(PushTSimNode(context=self.session.context, cli_args=cli_args,
+                                                     parameter_overrides=parameter_overrides(sim_overrides)))
+        except BaseException:
+            self.session.close()
+            raise
+        self.session.start()
+
+    def sim_parameters(self, *names: str) -> dict[str, Any]:
+        """The simulation node's values of these parameters."""
+        return {name: self.sim.get_parameter(name).value for name in names}
+
+    def episodes(self, count: int, timeout_s: float) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """(result, chunk records logged since the previous episode) of each of the first `count` episodes,
+        as they finish; TimeoutError when they have not all finished within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        reported = 0
+        logged = 0
+        while reported < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {reported} of {count} episode(s)")
+            self.sim.finished.wait(0.2)
+            while reported < min(count, len(self.sim.results)):
+                chunks, logged = self.policy.ledger.records_since(logged)
+                yield self.sim.results[reported], chunks
+                reported += 1
+
+    def close(self) -> None:
+        self.session.close()
