@@ -19,6 +19,12 @@ from typing import Any
 SCHEDULER_NAMES = ("ddpm", "ddim", "dpmsolver")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+OBSERVATION_KINDS = ("low_dim", "image")
+BACKBONES = ("resnet18",)
+POOLINGS = ("spatial_softmax", "average")
+MAX_IMAGE_SIDE = 4096
+MAX_CHANNELS = 16
+MAX_KEY = 200
 MAX_WIDTH = 1 << 16  # channels, observation and action sizes
 MAX_LEVELS = 8
 MAX_KERNEL = 63
@@ -181,12 +187,81 @@ class SchedulerConfig:
         set_("steps_offset", integer("scheduler.steps_offset", self.steps_offset, 0, train - 1))
 
 
+@dataclass(frozen=True)
+class ObservationSpec:
+    """One observation key: `low_dim` with shape [n], or `image` with shape [C, H, W] (channels first)."""
+
+    key: str
+    shape: tuple[int, ...]
+    kind: str = "low_dim"
+
+    def __post_init__(self):
+        if not isinstance(self.key, str) or not 1 <= len(self.key) <= MAX_KEY:
+            raise ConfigError("observations.key", f"must be a string of 1..{MAX_KEY} characters (got {show(self.key)})")
+        where = f"observations[{self.key}]"
+        choice(f"{where}.kind", self.kind, OBSERVATION_KINDS)
+        rank = 1 if self.kind == "low_dim" else 3
+        if not isinstance(self.shape, (list, tuple)) or len(self.shape) != rank:
+            raise ConfigError(f"{where}.shape", f"must be a list of {rank} sizes for a {self.kind} key "
+                                                f"(got {show(self.shape)})")
+        if self.kind == "low_dim":
+            shape = (integer(f"{where}.shape[0]", self.shape[0], 1, MAX_WIDTH),)
+        else:
+            shape = (integer(f"{where}.shape[0]", self.shape[0], 1, MAX_CHANNELS),
+                     *(integer(f"{where}.shape[{i}]", self.shape[i], 8, MAX_IMAGE_SIDE) for i in (1, 2)))
+        object.__setattr__(self, "shape", shape)
+
+    @property
+    def size(self) -> int:
+        """The flat size of a low-dim key (images have features instead)."""
+        return self.shape[0] if self.kind == "low_dim" else 0
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """The image encoder (`vision.py`). Defaults are Diffusion Policy's hybrid image Push-T encoder."""
+
+    backbone: str = "resnet18"
+    width: int = 64  # conv1's channels; ResNet-18's stages have width x 1, 2, 4, 8
+    pooling: str = "spatial_softmax"
+    num_keypoints: int = 32
+    crop_shape: tuple[int, int] | None = (84, 84)  # centre crop at evaluation; None: the whole image
+    feature_dim: int = 64
+    shared_encoder: bool = False  # one encoder for every camera (LeRobot's default) or one per camera
+    # ReLU after the output Linear: LeRobot's DiffusionRgbEncoder, and robomimic's ObservationEncoder
+    # (feature_activation=nn.ReLU after every image net) in Diffusion Policy's hybrid policy.
+    output_relu: bool = True
+
+    def __post_init__(self):
+        choice("vision.backbone", self.backbone, BACKBONES)
+        width = integer("vision.width", self.width, 16, 4096)
+        if width % 16:
+            raise ConfigError("vision.width", f"must be divisible by 16 (GroupNorm's C / 16 groups; got {width})")
+        object.__setattr__(self, "width", width)
+        choice("vision.pooling", self.pooling, POOLINGS)
+        object.__setattr__(self, "num_keypoints", integer("vision.num_keypoints", self.num_keypoints, 1, MAX_WIDTH))
+        if self.crop_shape is not None:
+            crop = self.crop_shape
+            if not isinstance(crop, (list, tuple)) or len(crop) != 2:
+                raise ConfigError("vision.crop_shape", f"must be null or [height, width] (got {show(crop)})")
+            object.__setattr__(self, "crop_shape", tuple(integer(f"vision.crop_shape[{i}]", crop[i], 8, MAX_IMAGE_SIDE)
+                                                         for i in (0, 1)))
+        object.__setattr__(self, "feature_dim", integer("vision.feature_dim", self.feature_dim, 1, MAX_WIDTH))
+        flag("vision.shared_encoder", self.shared_encoder)
+        flag("vision.output_relu", self.output_relu)
+
+
 _HORIZON_FIELDS = ("horizon", "n_obs_steps", "n_action_steps")
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """A low-dimensional Diffusion Policy: observation window in, action horizon out."""
+    """A Diffusion Policy: observation window in, action horizon out.
+
+    Low-dim (observations empty): the window is (n_obs_steps, obs_dim). Image-conditioned: the
+    observation keys in `observations` (obs_dim is their low-dim total), encoded by `vision`; the
+    global condition is n_obs_steps x condition_dim.
+    """
 
     obs_dim: int = 20
     action_dim: int = 2
@@ -195,6 +270,9 @@ class PolicyConfig:
     n_action_steps: int = 8
     unet: UnetConfig = field(default_factory=UnetConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    # Observation keys in condition order; () is a single low-dim vector of obs_dim (the low-dim policy).
+    observations: tuple[ObservationSpec, ...] = ()
+    vision: VisionConfig | None = None  # the image encoder, needed when a key is an image
 
     def __post_init__(self):
         for name in ("obs_dim", "action_dim"):
@@ -213,9 +291,62 @@ class PolicyConfig:
                                          f"{len(self.unet.down_dims)} U-Net levels")
         if self.unet.input_dim != self.action_dim:
             raise ConfigError("unet.input_dim", f"{self.unet.input_dim} != action_dim {self.action_dim}")
-        if self.unet.global_cond_dim != self.obs_dim * self.n_obs_steps:
+        self._check_observations()
+        if not self.image_keys and self.unet.global_cond_dim != self.obs_dim * self.n_obs_steps:
             raise ConfigError("unet.global_cond_dim", f"{self.unet.global_cond_dim} != obs_dim x n_obs_steps "
                                                       f"= {self.obs_dim * self.n_obs_steps}")
+        if self.image_keys and self.unet.global_cond_dim != self.condition_dim * self.n_obs_steps:
+            raise ConfigError("unet.global_cond_dim", f"{self.unet.global_cond_dim} != (obs_dim + image features) x "
+                                                      f"n_obs_steps = {self.condition_dim * self.n_obs_steps}")
+
+    def _check_observations(self) -> None:
+        """observations: ObservationSpecs with distinct keys whose low-dim sizes add up to obs_dim; vision set
+        exactly when a key is an image."""
+        specs = self.observations
+        if not isinstance(specs, (list, tuple)) or not all(isinstance(s, ObservationSpec) for s in specs):
+            raise ConfigError("observations", "must be a list of ObservationSpec")
+        object.__setattr__(self, "observations", tuple(specs))
+        if self.vision is not None and not isinstance(self.vision, VisionConfig):
+            raise ConfigError("vision", "must be a VisionConfig or null")
+        if not specs:
+            if self.vision is not None:
+                raise ConfigError("vision", "is set but no observation key is an image")
+            return
+        keys = [spec.key for spec in specs]
+        if len(set(keys)) != len(keys):
+            raise ConfigError("observations", f"has repeated keys {show(keys)}")
+        low_dim = sum(spec.size for spec in specs)
+        if low_dim != self.obs_dim:
+            raise ConfigError("obs_dim", f"{self.obs_dim} != {low_dim}, the low-dim observation keys' total size")
+        images = [spec for spec in specs if spec.kind == "image"]
+        if images and self.vision is None:
+            raise ConfigError("vision", "is missing: image observations need an encoder configuration")
+        if not images:
+            if self.vision is not None:
+                raise ConfigError("vision", "is set but no observation key is an image")
+            return
+        for spec in images:
+            crop = self.vision.crop_shape
+            if crop is not None and (crop[0] > spec.shape[1] or crop[1] > spec.shape[2]):
+                raise ConfigError("vision.crop_shape", f"{list(crop)} exceeds image {spec.key!r} of {list(spec.shape)}")
+        if len({spec.shape[0] for spec in images}) > 1:
+            raise ConfigError("observations", "image keys must have the same number of channels")
+        if self.vision.shared_encoder and len({spec.shape for spec in images}) > 1:
+            raise ConfigError("vision.shared_encoder", "needs every image key to have the same shape")
+
+    @property
+    def image_keys(self) -> tuple[str, ...]:
+        return tuple(spec.key for spec in self.observations if spec.kind == "image")
+
+    @property
+    def low_dim_keys(self) -> tuple[str, ...]:
+        return tuple(spec.key for spec in self.observations if spec.kind == "low_dim")
+
+    @property
+    def condition_dim(self) -> int:
+        """Condition values per observation step: the low-dim values and every camera's features."""
+        features = self.vision.feature_dim if self.vision is not None else 0
+        return self.obs_dim + len(self.image_keys) * features
 
     @property
     def max_executed_actions(self) -> int:
@@ -237,6 +368,12 @@ class PolicyConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["unet"]["down_dims"] = list(self.unet.down_dims)
+        if not self.observations:  # the low-dim policy's file keeps its earlier layout
+            del data["observations"], data["vision"]
+        else:
+            data["observations"] = [{"key": s.key, "shape": list(s.shape), "kind": s.kind} for s in self.observations]
+            if self.vision is not None and self.vision.crop_shape is not None:
+                data["vision"]["crop_shape"] = list(self.vision.crop_shape)
         return data
 
     @classmethod
@@ -245,8 +382,15 @@ class PolicyConfig:
         section = _section(data, "policy")
         unet = _build(UnetConfig, _section(section.get("unet", {}), "unet"), "unet")
         scheduler = _build(SchedulerConfig, _section(section.get("scheduler", {}), "scheduler"), "scheduler")
-        top = {k: v for k, v in section.items() if k not in ("unet", "scheduler")}
-        return _build(cls, top, "policy", unet=unet, scheduler=scheduler)
+        specs = section.get("observations", [])
+        if not isinstance(specs, list):
+            raise ConfigError("observations", f"must be a list (got {show(specs)})")
+        observations = tuple(_build(ObservationSpec, _section(spec, f"observations[{index}]"), f"observations[{index}]")
+                             for index, spec in enumerate(specs))
+        vision = section.get("vision")
+        vision = None if vision is None else _build(VisionConfig, _section(vision, "vision"), "vision")
+        top = {k: v for k, v in section.items() if k not in ("unet", "scheduler", "observations", "vision")}
+        return _build(cls, top, "policy", unet=unet, scheduler=scheduler, observations=observations, vision=vision)
 
 
 def _section(values: Any, name: str) -> dict[str, Any]:

@@ -115,10 +115,24 @@ class DiffusionPolicy:
         self.scheduler = make_scheduler(self.config.scheduler)
         self.reset()
 
-    def condition(self, observations: torch.Tensor) -> list[torch.Tensor]:
-        """FiLM terms for a batch of raw observation windows (B, n_obs_steps, obs_dim)."""
-        normalized = self.obs_normalizer.normalize(observations)
-        return self.model.encode_condition(normalized.reshape(observations.shape[0], -1))
+    obs_encoder = None  # vision.ObservationEncoder of an image-conditioned policy (set_observation_encoder)
+
+    def set_observation_encoder(self, encoder) -> None:
+        """Condition on images: `encoder` (vision.ObservationEncoder) turns an observation dict into the condition."""
+        self.obs_encoder = None if encoder is None else encoder.to(self.device).eval()
+
+    def condition(self, observations) -> list[torch.Tensor]:
+        """FiLM terms for a batch of raw observation windows: (B, n_obs_steps, obs_dim), or for an image policy
+        a dict {key: (B, n_obs_steps, *shape)} of float tensors (images (C, H, W) in [0, 1]). The image encoder
+        runs here, once per chunk; the samplers see only the FiLM terms."""
+        if self.obs_encoder is None:
+            normalized = self.obs_normalizer.normalize(observations)
+            return self.model.encode_condition(normalized.reshape(observations.shape[0], -1))
+        values = {key: torch.as_tensor(value, dtype=torch.float32, device=self.device)
+                  for key, value in observations.items()}
+        low_dim = torch.cat([values[key] for key in self.config.low_dim_keys], dim=-1)
+        global_cond = self.obs_encoder(values, self.obs_normalizer.normalize(low_dim))
+        return self.model.encode_condition(global_cond)
 
     def initial_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         shape = (batch, self.config.horizon, self.config.action_dim)
@@ -130,7 +144,8 @@ class DiffusionPolicy:
         """The sampler's answer in normalised action units, (B, horizon, action_dim)."""
         condition = self.condition(observations)
         if noise is None:
-            noise = self.initial_noise(observations.shape[0], generator)
+            batch = next(iter(observations.values())).shape[0] if isinstance(observations, dict) else observations.shape[0]
+            noise = self.initial_noise(batch, generator)
         noise = noise.to(self.device)
         options = {**self.sampler_options, **options}
         warm = self.warm_start == "temporal" and self._previous_trajectory is not None
@@ -171,16 +186,9 @@ class DiffusionPolicy:
 
     def predict(self, observations, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, **options) -> PolicyOutput:
-        """Actions for an observation window (n_obs_steps, obs_dim), or a batch of them."""
-        obs = torch.as_tensor(np.asarray(observations, dtype=np.float32), device=self.device)
-        batched = obs.ndim == 3
-        expected = (self.config.n_obs_steps, self.config.obs_dim)
-        if obs.ndim not in (2, 3) or tuple(obs.shape[-2:]) != expected:
-            raise ValueError(f"observations must be {expected} or (B, *{expected}), got {tuple(obs.shape)}")
-        if not torch.isfinite(obs).all():
-            raise ValueError("observations contain NaN or Inf")
-        if not batched:
-            obs = obs[None]
+        """Actions for an observation window (n_obs_steps, obs_dim), or a batch of them; for an image policy a
+        dict {key: (n_obs_steps, *shape)} (images channels first in [0, 1]), or of batches (B, n_obs_steps, *shape)."""
+        obs, batched = self._checked_observations(observations)
         started = time.perf_counter()
         normalized, stats = self.sample_normalized(obs, noise, generator, **options)
         horizon = self.action_normalizer.unnormalize(normalized).float().cpu().numpy()
@@ -189,3 +197,28 @@ class DiffusionPolicy:
         if not batched:
             actions, horizon = actions[0], horizon[0]
         return PolicyOutput(actions, horizon, normalized, stats, latency)
+
+    def _checked_observations(self, observations) -> tuple:
+        """(observations as batched float32 tensors on the device, whether the input had a batch axis)."""
+        steps = self.config.n_obs_steps
+        if self.obs_encoder is None:
+            expected = {None: (steps, self.config.obs_dim)}
+            values = {None: observations}
+        else:
+            expected = {spec.key: (steps, *spec.shape) for spec in self.config.observations}
+            if not isinstance(observations, dict) or set(observations) != set(expected):
+                raise ValueError(f"observations must be a dict with the keys {sorted(expected)}")
+            values = observations
+        tensors, batched = {}, set()
+        for key, shape in expected.items():
+            value = torch.as_tensor(np.asarray(values[key], dtype=np.float32), device=self.device)
+            if tuple(value.shape[-len(shape):]) != shape or value.ndim not in (len(shape), len(shape) + 1):
+                name = "observations" if key is None else f"observation {key!r}"
+                raise ValueError(f"{name} must be {shape} or (B, *{shape}), got {tuple(value.shape)}")
+            if not torch.isfinite(value).all():
+                raise ValueError("observations contain NaN or Inf")
+            batched.add(value.ndim == len(shape) + 1)
+            tensors[key] = value if value.ndim == len(shape) + 1 else value[None]
+        if len(batched) > 1 or len({value.shape[0] for value in tensors.values()}) > 1:
+            raise ValueError("every observation key needs the same batch size")
+        return (tensors[None] if None in tensors else tensors), batched.pop()

@@ -17,11 +17,12 @@ tensor, and together they may hold no more bytes than the archive stores (no ove
 
 Configuration (`_policy_config`), read through `dp_cfg.Cfg` from `cfg.policy`, then cfg's top level:
 - what is supported (`_check_supported`): the low-dim U-Net policy with the observation as a
-  global condition (`obs_as_global_cond: true`);
+  global condition (`obs_as_global_cond: true`); a state dict with `obs_encoder.*` weights is the
+  hybrid image policy, read by `dp_image.py`;
 - the U-Net (`_unet_options`): `cfg.policy.model.*`, else the weight shapes (`weights.infer_unet`),
   then checked against every stored shape (`weights.check_weights`);
 - the horizons and sizes (`_horizons`): horizon, n_obs_steps, n_action_steps, obs_dim, action_dim;
-- the scheduler (`_scheduler_options`): `cfg.policy.noise_scheduler.*` and
+- the scheduler (`dp_cfg.scheduler_options`): `cfg.policy.noise_scheduler.*` and
   `cfg.policy.num_inference_steps`, absent keys taking diffusers' constructor defaults.
 """
 from __future__ import annotations
@@ -34,17 +35,17 @@ import torch
 
 from ..config import MAX_WIDTH, ConfigError, PolicyConfig, SchedulerConfig, UnetConfig, integer, show
 from ..normalizer import AffineNormalizer
-from .dp_cfg import ABSENT, Cfg, Values, unwrap
+from .dp_cfg import ABSENT, Cfg, Values, run_metadata, scheduler_options, unwrap
+from .dp_image import read_dp_image
 from .errors import CheckpointError, PolicyWeights, invalid_config
 from .unpickler import Refused, load_archive, torch_reason
 from .weights import check_weights, infer_unet
 
 MODEL_PREFIX = "model."
 NORMALIZER_PREFIX = "normalizer.params_dict."
+# For a low-dim checkpoint (no obs_encoder weights); image ones go to dp_image.py.
 UNSUPPORTED_POLICY_WORDS = ("Image", "Hybrid", "Video", "Transformer", "BET", "Ibc", "Robomimic")
 CONDITIONING = (("obs_as_global_cond", True), ("obs_as_local_cond", False), ("pred_action_steps_only", False))
-SCHEDULER_CLASSES = {"DDPMScheduler": "ddpm", "DDIMScheduler": "ddim", "DPMSolverMultistepScheduler": "dpmsolver"}
-NOISE_SCHEDULER = "policy.noise_scheduler."
 
 
 def read_dp_checkpoint(path: Path) -> PolicyWeights:
@@ -58,6 +59,8 @@ def read_dp_checkpoint(path: Path) -> PolicyWeights:
     if not isinstance(root, dict):
         raise CheckpointError(path, f"cfg is a {type(root).__name__}, expected a mapping")
     cfg = Cfg(root)
+    if any(key.startswith("obs_encoder.") for key in other):
+        return read_dp_image(path, cfg, source, unet_state, other)
     obs_normalizer = _normalizer(path, other, "obs")
     action_normalizer = _normalizer(path, other, "action")
     config = _policy_config(path, cfg, unet_state, obs_normalizer)
@@ -65,7 +68,7 @@ def read_dp_checkpoint(path: Path) -> PolicyWeights:
         raise CheckpointError(path, f"normaliser sizes (obs {obs_normalizer.dim}, action {action_normalizer.dim}) "
                                     f"do not match the configuration (obs_dim {config.obs_dim}, "
                                     f"action_dim {config.action_dim})")
-    return PolicyWeights(config, unet_state, obs_normalizer, action_normalizer, _metadata(cfg, source, config))
+    return PolicyWeights(config, unet_state, obs_normalizer, action_normalizer, run_metadata(cfg, source, config))
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,9 +105,6 @@ def _policy_state(path: Path, payload: Any,
     if source is None:
         raise CheckpointError(path, "state_dicts has neither an 'ema_model' nor a 'model' entry with 'model.*' weights")
     unet_state, other = _split_tensors(path, source, state_dicts[source], stored)
-    if any(key.startswith("obs_encoder.") for key in other):
-        raise CheckpointError(path, "this is an image-conditioned policy (it has obs_encoder weights); "
-                                    "only the low-dim Diffusion Policy is supported")
     if any(key.startswith("local_cond_encoder.") for key in unet_state):
         raise CheckpointError(path, "this U-Net uses a local condition (obs_as_local_cond); "
                                     "only the global-condition low-dim policy is supported")
@@ -180,7 +180,7 @@ def _policy_config(path: Path, cfg: Cfg, unet_state: dict[str, torch.Tensor],
     try:
         unet = _unet_options(values, inferred)
         horizons = _horizons(values, unet, obs_normalizer.dim)
-        scheduler = _scheduler_options(values)
+        scheduler = scheduler_options(values)
         config = PolicyConfig(unet=UnetConfig(**unet), scheduler=SchedulerConfig(**scheduler), **horizons)
     except ConfigError as err:
         raise invalid_config(path, err, values.source) from None
@@ -233,54 +233,3 @@ def _horizons(values: Values, unet: dict[str, Any], normalizer_dim: int) -> dict
     return dict(obs_dim=obs_dim, action_dim=take("action_dim", unet["input_dim"], "the U-Net's input_dim"),
                 horizon=take("horizon"), n_obs_steps=take("n_obs_steps", steps, "global_cond_dim / obs_dim"),
                 n_action_steps=take("n_action_steps"))
-
-
-def _scheduler_options(values: Values) -> dict[str, Any]:
-    """SchedulerConfig options from cfg.policy.noise_scheduler.*; absent keys take diffusers' defaults."""
-    target = values.cfg.text(NOISE_SCHEDULER + "_target_")
-    class_name = target.rsplit(".", 1)[-1] if target else "DDPMScheduler"
-    if class_name not in SCHEDULER_CLASSES:
-        raise ConfigError(f"cfg.{NOISE_SCHEDULER}_target_", f"{show(target)} is not supported (expected one of "
-                                                             f"{', '.join(SCHEDULER_CLASSES)})")
-
-    def take(name: str, default: Any, key: str = "", origin: str = "diffusers' default") -> Any:
-        return values.take(f"scheduler.{name}", (key or NOISE_SCHEDULER + name,), default, origin)
-
-    legacy_epsilon = values.cfg.get(NOISE_SCHEDULER + "predict_epsilon")  # diffusers < 0.11 spelling
-    train_steps = take("num_train_timesteps", 1000)
-    return dict(
-        name=SCHEDULER_CLASSES[class_name], num_train_timesteps=train_steps,
-        num_inference_steps=take("num_inference_steps", train_steps, "policy.num_inference_steps",
-                                 "num_train_timesteps"),
-        beta_start=take("beta_start", 0.0001), beta_end=take("beta_end", 0.02),
-        beta_schedule=take("beta_schedule", "linear"), clip_sample=take("clip_sample", True),
-        clip_sample_range=take("clip_sample_range", 1.0),
-        prediction_type=take("prediction_type", "sample" if legacy_epsilon is False else "epsilon"),
-        set_alpha_to_one=take("set_alpha_to_one", True), steps_offset=take("steps_offset", 0),
-    )
-
-
-def _metadata(cfg: Cfg, source: str, config: PolicyConfig) -> dict[str, Any]:
-    """Run names from the cfg, which state dict was read, and warnings where the original behaves otherwise."""
-    metadata: dict[str, Any] = {"source_format": "diffusion_policy", "weights": source}
-    for key in ("name", "task_name", "exp_name"):
-        value = cfg.get(key)
-        if isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
-            metadata[key] = value[:200] if isinstance(value, str) else value
-    policy_target = cfg.text("policy._target_")
-    if policy_target is not None:
-        metadata["policy_target"] = policy_target[:200]
-    warnings = []
-    convention = cfg.get("policy.oa_step_convention")
-    policy_class = (policy_target or "").rsplit(".", 1)[-1]
-    if convention is False or (convention in (ABSENT, None) and policy_class == "DiffusionUnetLowdimPolicy"):
-        # DiffusionUnetLowdimPolicy defaults to oa_step_convention=False; the Push-T configs set it true.
-        warnings.append("cfg.policy.oa_step_convention is false or absent: the original executes actions from "
-                        "step n_obs_steps, this package from step n_obs_steps - 1")
-    variance_type = cfg.text(NOISE_SCHEDULER + "variance_type")
-    if config.scheduler.name == "ddpm" and variance_type not in (None, "fixed_small"):
-        warnings.append(f"cfg noise_scheduler.variance_type is {show(variance_type)}; this package samples DDPM "
-                        "with 'fixed_small'")
-    if warnings:
-        metadata["warnings"] = warnings
-    return metadata

@@ -36,6 +36,8 @@ class PolicyWeights:
     obs_normalizer: AffineNormalizer
     action_normalizer: AffineNormalizer
     metadata: dict[str, Any] = field(default_factory=dict)
+    # vision.ObservationEncoder's state dict (image policies; empty for low-dim ones)
+    encoder_state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def invalid_config(path: Path, err: ConfigError, rename: Callable[[str], str]) -> CheckpointError:

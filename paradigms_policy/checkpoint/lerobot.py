@@ -10,7 +10,8 @@ LeRobot's `DiffusionConditionalUnet1d` is Diffusion Policy's U-Net under other n
 Observation vector. LeRobot's global condition is, per observation step, the concatenation
 [observation.state, observation.environment_state] (in that order), flattened over the
 `n_obs_steps` steps; so our `obs_dim` is state_dim + env_dim and observations must be given in
-that order. Image features (`observation.image*`, type VISUAL) are not supported.
+that order. Image features (`observation.image*`, type VISUAL) need the image encoder's weights
+(`diffusion.rgb_encoder.*`, `lerobot_image.py`); their features go between the two.
 
 Normaliser. Each feature is normalised according to the mode LeRobot assigns to its type
 (`normalization_mapping`, default STATE and ACTION -> MIN_MAX, VISUAL -> MEAN_STD, any other
@@ -36,11 +37,13 @@ from typing import Any
 
 import torch
 
-from ..config import (MAX_HORIZON, MAX_WIDTH, ConfigError, PolicyConfig, SchedulerConfig, UnetConfig, integer, number,
-                      show)
+from ..config import (MAX_HORIZON, MAX_WIDTH, ConfigError, ObservationSpec, PolicyConfig, SchedulerConfig, UnetConfig,
+                      integer, number, show)
 from ..normalizer import AffineNormalizer
 from .errors import (CONFIG_FILE, WEIGHTS_FILE, CheckpointError, PolicyWeights, invalid_config, read_json,
                      read_safetensors)
+from .image_encoders import LEROBOT_PREFIX, check_encoder_weights
+from .lerobot_image import image_normalisers, image_specs, vision_and_encoder
 from .weights import check_weights
 
 UNET_PREFIX = "diffusion.unet."
@@ -89,13 +92,30 @@ def read_lerobot_directory(path: Path) -> PolicyWeights:
     if document.get("type", "diffusion") != "diffusion":
         raise CheckpointError(config_path, f"policy type {show(document.get('type'))} is not supported "
                                            "(expected 'diffusion')")
-    features, obs_keys = _low_dim_features(config_path, document)
+    features, obs_keys, image_keys = _low_dim_features(config_path, document)
     obs_dim = sum(features[k]["dim"] for k in obs_keys)
     action_dim = features[ACTION_KEY]["dim"]
     tensors, unet_state = _unet_weights(path / WEIGHTS_FILE)
-    config = _policy_config(config_path, _settings(document), obs_dim, action_dim)
+    has_encoder = any(key.startswith(LEROBOT_PREFIX) for key in tensors)
+    if image_keys and not has_encoder:
+        raise CheckpointError(config_path, f"image feature {image_keys[0]!r} is not supported without image encoder "
+                                           f"weights ({LEROBOT_PREFIX}* in {WEIGHTS_FILE})")
+    if has_encoder and not image_keys:
+        raise CheckpointError(path / WEIGHTS_FILE, "the weights contain an image encoder but config.json has no image "
+                                                   "(VISUAL) feature")
+    observations, vision, encoder_state, specs = (), None, {}, []
+    if image_keys:
+        specs = image_specs(config_path, features, image_keys)
+        vision, encoder_state = vision_and_encoder(path, document, tensors, specs)
+        low = [ObservationSpec(key=key, kind="low_dim", shape=[features[key]["dim"]]) for key in obs_keys]
+        observations = (low[0], *specs, *low[1:])  # state, cameras, environment state
+    config = _policy_config(config_path, _settings(document), obs_dim, action_dim, observations, vision)
     check_weights(path, config.unet, unet_state, _lerobot_name)
     modes, eps, stats, stats_source = _statistics(path, document, tensors, features)
+    if image_keys:
+        encoder_state.update(image_normalisers(stats_source, specs, lambda key, channels: _affine(
+            stats_source, stats, key, modes[key], eps, channels)))
+        check_encoder_weights(path, config, encoder_state)
     obs_normalizer = _normalizer(stats_source, [_affine(stats_source, stats, key, modes[key], eps, features[key]["dim"])
                                                 for key in obs_keys])
     action_normalizer = _normalizer(stats_source, [_affine(stats_source, stats, ACTION_KEY, modes[ACTION_KEY], eps,
@@ -106,10 +126,13 @@ def read_lerobot_directory(path: Path) -> PolicyWeights:
         "normalization": {key: modes[key] for key in obs_keys + [ACTION_KEY]},
         "statistics_file": str(stats_source.name),
     }
-    ignored = sorted(k for k in features if k not in obs_keys + [ACTION_KEY])
+    if image_keys:
+        metadata["observation_layout"] = [spec.key for spec in observations]
+        metadata["normalization"].update({key: modes[key] for key in image_keys})
+    ignored = sorted(k for k in features if k not in obs_keys + image_keys + [ACTION_KEY])
     if ignored:
         metadata["ignored_features"] = ignored
-    return PolicyWeights(config, unet_state, obs_normalizer, action_normalizer, metadata)
+    return PolicyWeights(config, unet_state, obs_normalizer, action_normalizer, metadata, encoder_state)
 
 
 def _settings(document: dict[str, Any]) -> dict[str, Any]:
@@ -120,14 +143,13 @@ def _settings(document: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def _low_dim_features(config_path: Path, document: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """The features with each used one's flat size ("dim"), and the observation keys in condition order;
-    image features are refused."""
+def _low_dim_features(config_path: Path,
+                      document: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str], list[str]]:
+    """The features with each used low-dim one's flat size ("dim"), the low-dim observation keys in condition
+    order, and the image (VISUAL) features in input_features order."""
     features = _features(config_path, document)
-    for name, feature in features.items():
-        if name.startswith("observation.image") or feature["type"] == "VISUAL":
-            raise CheckpointError(config_path, f"image feature {show(name)} is not supported; only low-dim policies "
-                                               f"({STATE_KEY} and {ENV_KEY}) are")
+    image_keys = [name for name, feature in features.items()
+                  if name.startswith("observation.image") or feature["type"] == "VISUAL"]
     if STATE_KEY not in features:
         raise CheckpointError(config_path, f"the input features lack {STATE_KEY!r}")
     if ACTION_KEY not in features:
@@ -135,14 +157,12 @@ def _low_dim_features(config_path: Path, document: dict[str, Any]) -> tuple[dict
     obs_keys = [STATE_KEY] + ([ENV_KEY] if ENV_KEY in features else [])
     for name in obs_keys + [ACTION_KEY]:
         features[name]["dim"] = _flat_size(config_path, features[name]["where"], features[name]["shape"])
-    return features, obs_keys
+    return features, obs_keys, image_keys
 
 
 def _unet_weights(weights_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(every tensor of model.safetensors, the U-Net's under Diffusion Policy's names)."""
     tensors = read_safetensors(weights_path)
-    if any(key.startswith("diffusion.rgb_encoder.") for key in tensors):
-        raise CheckpointError(weights_path, "the weights contain an image encoder; only low-dim policies are supported")
     unet_state = {lerobot_to_native_key(key[len(UNET_PREFIX):]): value
                   for key, value in tensors.items() if key.startswith(UNET_PREFIX)}
     if not unet_state:
@@ -206,7 +226,8 @@ def _lerobot_name(field: str) -> str:
     return _LEROBOT_NAMES.get(base, base.rsplit(".", 1)[-1]) + bracket + rest
 
 
-def _policy_config(config_path: Path, settings: dict[str, Any], obs_dim: int, action_dim: int) -> PolicyConfig:
+def _policy_config(config_path: Path, settings: dict[str, Any], obs_dim: int, action_dim: int,
+                   observations: tuple = (), vision=None) -> PolicyConfig:
     """PolicyConfig from config.json's settings (LeRobot's defaults filled in); values are passed on as read, so
     a wrong type or range is refused by the config, named as config.json names it."""
     scheduler_type = settings["noise_scheduler_type"]
@@ -221,13 +242,15 @@ def _policy_config(config_path: Path, settings: dict[str, Any], obs_dim: int, ac
             **{name: settings[name] for name in ("beta_start", "beta_end", "beta_schedule", "clip_sample",
                                                  "clip_sample_range", "prediction_type")})
         n_obs_steps = integer("n_obs_steps", settings["n_obs_steps"], 1, MAX_HORIZON)
-        unet = UnetConfig(input_dim=action_dim, global_cond_dim=obs_dim * n_obs_steps,
+        cameras = sum(spec.kind == "image" for spec in observations)
+        per_step = obs_dim + (vision.feature_dim * cameras if vision is not None else 0)
+        unet = UnetConfig(input_dim=action_dim, global_cond_dim=per_step * n_obs_steps,
                           cond_predict_scale=settings["use_film_scale_modulation"],
                           **{name: settings[name] for name in ("diffusion_step_embed_dim", "down_dims", "kernel_size",
                                                                "n_groups")})
         return PolicyConfig(obs_dim=obs_dim, action_dim=action_dim, horizon=settings["horizon"],
                             n_obs_steps=n_obs_steps, n_action_steps=settings["n_action_steps"],
-                            unet=unet, scheduler=scheduler)
+                            unet=unet, scheduler=scheduler, observations=observations, vision=vision)
     except ConfigError as err:
         raise invalid_config(config_path, err, _lerobot_name) from None
 

@@ -4,8 +4,11 @@ Formats, recognised from the path:
 - native (this package, `native.py`): a directory whose `config.json` says
   `"format": "paradigms_policy"`, with `model.safetensors`;
 - an original Diffusion Policy workspace `.ckpt`, read without running pickled code
-  (`diffusion_policy.py`, `dp_cfg.py`, `unpickler.py`);
+  (`diffusion_policy.py`, `dp_cfg.py`, `unpickler.py`; the hybrid image policy: `dp_image.py`);
 - a LeRobot Diffusion Policy directory (`lerobot.py`).
+
+Image policies also carry the observation encoder's weights (`image_encoders.py`), built into a
+`vision.ObservationEncoder` that the policy runs when it builds the condition.
 
 Every failure (missing or truncated file, unknown format, invalid setting, shape mismatch) is
 raised as one `CheckpointError` naming the file and the problem, before the model is built.
@@ -22,6 +25,7 @@ from ..model import ConditionalUnet1D
 from ..policy import DiffusionPolicy
 from .diffusion_policy import read_dp_checkpoint
 from .errors import CONFIG_FILE, CheckpointError, PolicyWeights, read_json
+from .image_encoders import build_encoder
 from .lerobot import read_lerobot_directory
 from .native import NATIVE_FORMAT, read_native
 from .weights import check_weights
@@ -68,8 +72,12 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", sam
     """A ready `DiffusionPolicy` from a native directory, a Diffusion Policy .ckpt or a LeRobot directory."""
     weights = read_weights(path)
     model = build_model(weights, path)
-    return DiffusionPolicy(weights.config, model, weights.obs_normalizer, weights.action_normalizer,
-                           device=device, sampler=sampler, sampler_options=sampler_options)
+    encoder = build_encoder(weights.config, weights.encoder_state_dict, path) if weights.config.image_keys else None
+    policy = DiffusionPolicy(weights.config, model, weights.obs_normalizer, weights.action_normalizer,
+                             device=device, sampler=sampler, sampler_options=sampler_options)
+    if encoder is not None:
+        policy.set_observation_encoder(encoder)
+    return policy
 
 
 def _is_zip(path: Path) -> bool:

@@ -2,7 +2,8 @@
 
 `config.json` is {"format": "paradigms_policy", "format_version": 1, "policy": <PolicyConfig>,
 "normalizer": {"obs": {"scale", "offset"}, "action": {...}}, "metadata": {...}}; the weights are the
-U-Net's state dict under Diffusion Policy's names without the `model.` prefix.
+U-Net's state dict under Diffusion Policy's names without the `model.` prefix; an image policy adds
+its observation encoder's (`vision.ObservationEncoder`) under `obs_encoder.`.
 """
 from __future__ import annotations
 
@@ -20,15 +21,17 @@ from ..config import ConfigError, PolicyConfig, show
 from ..normalizer import AffineNormalizer
 from .errors import (CONFIG_FILE, WEIGHTS_FILE, CheckpointError, PolicyWeights, invalid_config, read_json,
                      read_safetensors)
+from .image_encoders import check_encoder_weights
 from .weights import check_weights
 
 NATIVE_FORMAT = "paradigms_policy"
 NATIVE_FORMAT_VERSION = 1
+ENCODER_PREFIX = "obs_encoder."
 
 
 def save_policy(directory: str | os.PathLike, config: PolicyConfig, model: torch.nn.Module,
                 obs_normalizer: AffineNormalizer, action_normalizer: AffineNormalizer,
-                metadata: dict[str, Any] | None = None) -> Path:
+                metadata: dict[str, Any] | None = None, encoder: torch.nn.Module | None = None) -> Path:
     """Write a native checkpoint. The directory is replaced only once both files are complete."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +45,9 @@ def save_policy(directory: str | os.PathLike, config: PolicyConfig, model: torch
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         state = {name: tensor.detach().float().cpu().contiguous() for name, tensor in model.state_dict().items()}
+        if encoder is not None:
+            state.update({ENCODER_PREFIX + name: tensor.detach().float().cpu().contiguous()
+                          for name, tensor in encoder.state_dict().items()})
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": NATIVE_FORMAT})
         (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
         # mkdtemp makes a private directory; a checkpoint gets the usual permissions (it may be installed).
@@ -84,8 +90,12 @@ def read_native(directory: Path) -> PolicyWeights:
         raise CheckpointError(config_path, f"invalid normalizer entry ({type(err).__name__}: "
                                            f"{str(err)[:200]})") from None
     state = read_safetensors(directory / WEIGHTS_FILE)
+    encoder_state = {name[len(ENCODER_PREFIX):]: state.pop(name)
+                     for name in list(state) if name.startswith(ENCODER_PREFIX)}
     check_weights(directory, config.unet, state, _native_name)
-    return PolicyWeights(config, state, obs_normalizer, action_normalizer, document.get("metadata", {}))
+    if config.image_keys or encoder_state:
+        check_encoder_weights(directory, config, encoder_state)
+    return PolicyWeights(config, state, obs_normalizer, action_normalizer, document.get("metadata", {}), encoder_state)
 
 
 def _native_name(field: str) -> str:
