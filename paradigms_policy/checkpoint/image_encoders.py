@@ -30,6 +30,7 @@ import torch
 from ..config import PolicyConfig, show
 from ..vision import ObservationEncoder
 from .errors import CheckpointError
+from .weights import check_state
 
 DP_PREFIX = "obs_encoder.obs_nets."
 LEROBOT_PREFIX = "diffusion.rgb_encoder."
@@ -56,19 +57,7 @@ def check_encoder_weights(source: str | os.PathLike, config: PolicyConfig, state
     with torch.device("meta"):
         expected = {name: tuple(t.shape) for name, t in
                     ObservationEncoder(config.observations, config.vision).state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        parts = [f"{len(missing)} missing (first: {missing[0]})"] if missing else []
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {show(unexpected[0])})")
-        raise CheckpointError(source, "image encoder weights do not fit the configured encoder: " + "; ".join(parts))
-    for name, tensor in state.items():
-        if not tensor.dtype.is_floating_point:
-            raise CheckpointError(source, f"{name} holds {tensor.dtype} values; expected floating-point weights")
-        if tuple(tensor.shape) != expected[name]:
-            raise CheckpointError(source, f"shape mismatch for image encoder weight {name}: checkpoint "
-                                          f"{tuple(tensor.shape)}, config expects {expected[name]}")
+    check_state(source, state, expected, "image encoder")
 
 
 def _shape(state: dict[str, torch.Tensor], key: str, dims: int, source) -> tuple[int, ...]:

@@ -51,19 +51,23 @@ def check_weights(source: str | os.PathLike, unet: UnetConfig, state: dict[str, 
                                           f"have {show(value)}")
     with torch.device("meta"):
         meta_model = ConditionalUnet1D.from_config(unet)
-    expected = {name: tuple(tensor.shape) for name, tensor in meta_model.state_dict().items()}
+    check_state(source, state, {name: tuple(t.shape) for name, t in meta_model.state_dict().items()}, "U-Net")
+
+
+def check_state(source: str | os.PathLike, state: dict[str, torch.Tensor], expected: dict[str, tuple],
+                module: str) -> None:
+    """A CheckpointError unless `state` holds floating-point tensors with exactly the `expected` names and shapes."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {missing[0]})")
+        parts = [f"{len(missing)} missing (first: {missing[0]})"] if missing else []
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (first: {show(unexpected[0])})")
-        raise CheckpointError(source, "weights do not fit the configured U-Net: " + "; ".join(parts) + " parameter(s)")
+        raise CheckpointError(source, f"weights do not fit the configured {module}: " + "; ".join(parts)
+                              + " parameter(s)")
     for name, tensor in state.items():
         if not tensor.dtype.is_floating_point:
             raise CheckpointError(source, f"{name} holds {tensor.dtype} values; expected floating-point weights")
         if tuple(tensor.shape) != expected[name]:
-            raise CheckpointError(source, f"shape mismatch for {name}: checkpoint {tuple(tensor.shape)}, config "
-                                          f"expects {expected[name]}")
+            raise CheckpointError(source, f"shape mismatch for {module} weight {name}: checkpoint "
+                                          f"{tuple(tensor.shape)}, config expects {expected[name]}")

@@ -43,6 +43,17 @@ def actions_of(policy, obs, noise):
     return policy.executed_actions(policy.action_normalizer.unnormalize(normalized))
 
 
+def assert_matches_reference(policy, ref, obs, reference_actions):
+    """The condition within 1e-5 and the actions for the same noise within float32 rounding of the reference's."""
+    low_dim = torch.cat([obs[k] for k in policy.config.low_dim_keys], -1)
+    condition = policy.obs_encoder(obs, policy.obs_normalizer.normalize(low_dim))
+    assert (condition - ref.global_cond(obs)).abs().max() < 1e-5
+    noise = noise_for(ref)
+    expected = reference_actions(obs, noise)
+    difference = (actions_of(policy, obs, noise) - expected).abs().max()
+    assert difference <= RTOL * expected.abs().max(), difference
+
+
 def noise_for(ref, batch=2, seed=7):
     return torch.randn(batch, ref.horizon, ref.action_dim, generator=torch.Generator().manual_seed(seed))
 
@@ -59,14 +70,7 @@ def test_dp_hybrid_checkpoint_gives_the_reference_actions(tmp_path, meta):
     config = policy.config
     assert [spec.key for spec in config.observations] == list(meta["obs"])
     assert config.vision.crop_shape == (84, 84) and config.vision.width == 16 and config.vision.num_keypoints == 8
-    obs = observations(meta["obs"])
-    low_dim = torch.cat([obs[k] for k in config.low_dim_keys], -1)
-    condition = policy.obs_encoder(obs, policy.obs_normalizer.normalize(low_dim))
-    assert (condition - ref.global_cond(obs)).abs().max() < 1e-5
-    noise = noise_for(ref)
-    expected = ref.predict_action(obs, noise)
-    difference = (actions_of(policy, obs, noise) - expected).abs().max()
-    assert difference <= RTOL * expected.abs().max(), difference
+    assert_matches_reference(policy, ref, observations(meta["obs"]), ref.predict_action)
 
 
 def lerobot_dir(tmp_path, ref: LeRobotReference, **config):
@@ -88,14 +92,7 @@ def test_lerobot_image_directory_gives_the_reference_actions(tmp_path, options):
             **{k: {"shape": list(ref.image_shape)} for k in ref.cameras}}
     if ref.with_env:
         meta["observation.environment_state"] = {"shape": [ref.env_dim]}
-    obs = observations(meta)
-    low_dim = torch.cat([obs[k] for k in policy.config.low_dim_keys], -1)
-    condition = policy.obs_encoder(obs, policy.obs_normalizer.normalize(low_dim))
-    assert (condition - ref.global_cond(obs)).abs().max() < 1e-5
-    noise = noise_for(ref)
-    expected = ref.actions(obs, noise)
-    difference = (actions_of(policy, obs, noise) - expected).abs().max()
-    assert difference <= RTOL * expected.abs().max(), difference
+    assert_matches_reference(policy, ref, observations(meta), ref.actions)
 
 
 def test_native_round_trip_of_an_image_policy(tmp_path):
