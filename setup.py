@@ -41,6 +41,7 @@ setup(
             "ros-kilted-trajectory-msgs",
             "ros-kilted-sensor-msgs",
             "ros-kilted-diagnostic-msgs",
+            "ros-kilted-lifecycle-msgs",
         ],
         # Test-only: writing original-format Diffusion Policy checkpoints as the original does.
         "test": ["pytest>=7", "dill", "omegaconf"],
@@ -55,6 +56,7 @@ setup(
         "console_scripts": [
             "paradigms-policy = paradigms_policy.commands.cli:main",
             "policy_node = paradigms_policy.ros.policy_node:main",
+            "lifecycle_policy_node = paradigms_policy.ros.lifecycle_policy_node:main",
             "pusht_sim_node = paradigms_policy.ros.pusht_sim_node:main",
         ],
     },

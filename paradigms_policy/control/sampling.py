@@ -4,14 +4,14 @@ A `window` of 0 and a negative `tolerance` stand for the sampler's own defaults,
 keyword defaults of the sampler registered under that name (ParaDiGMS: window 16, tolerance 0.1
 in units of each step's noise std; ParaTAA: the whole chain, tolerance 2e-4 as the RMS first-order
 residual in normalised action units). Any other value is passed to whichever parallel sampler
-runs; the sequential sampler takes none of them.
+runs; the sequential sampler takes none of them. `abandonable` lets a node drop a chunk in flight.
 """
 from __future__ import annotations
 
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ..samplers import get_sampler, is_parallel
 
@@ -67,3 +67,24 @@ def resolve_sampler(name: str, window: int = 0, tolerance: float = -1.0, fixed_s
     default_window, default_tolerance = sampler_defaults(name)
     return SamplerChoice(name, window if window > 0 else default_window,
                          float(tolerance) if tolerance >= 0 else default_tolerance, fixed_shape)
+
+
+class ChunkAbandoned(Exception):
+    """The chunk being computed was dropped: the node is stopping or was deactivated."""
+
+
+def abandonable(sampler: Callable[..., Any], abandoned: Callable[[], bool]) -> Callable[..., Any]:
+    """`sampler` whose denoiser calls raise `ChunkAbandoned` once `abandoned()` is true.
+
+    The samplers call the denoiser once per step (sequential) or per round (parallel), so a chunk
+    in flight ends within one network evaluation of the request, with no change to the samplers.
+    """
+    def run(denoiser, *args, **kwargs):
+        def checked(*inputs, **options):
+            if abandoned():
+                raise ChunkAbandoned()
+            return denoiser(*inputs, **options)
+
+        return sampler(checked, *args, **kwargs)
+
+    return run

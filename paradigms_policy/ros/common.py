@@ -1,7 +1,8 @@
 """The rclpy glue that the nodes, the demo and the soak share.
 
-Parameters declared from `ParamSpec`s (with descriptors), stamps, QoS profiles, spinning and
-tear-down of a node executable, and `LocalSession`: rclpy inside one process on this host.
+Parameters declared from `ParamSpec`s (with descriptors), stamps, QoS profiles, the body of a node
+executable (`run_node`: --help, start-up, spinning, a clean stop on SIGINT/SIGTERM at any moment),
+and `LocalSession`: rclpy inside one process on this host.
 """
 from __future__ import annotations
 
@@ -21,9 +22,12 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
 
 from ..control.parameters import ParamSpec
+from ..control.shutdown import ShutdownRequested, StopSignals
 from ..control.timing import NS_PER_S
+from ..control.usage import asks_for_help, usage
 
 # Observations: best effort, keep last 5 (a reliable publisher matches too).
 SENSOR_QOS = qos_profile_sensor_data
@@ -70,9 +74,18 @@ def declare_parameters(node: Node, specs) -> dict[str, Any]:
             value = node.declare_parameter(spec.name, spec.default, descriptor_for(spec)).value
         except ParameterException as err:
             raise StartupError(f"invalid parameter '{spec.name}': {err.args[0]}") from None
-        values[spec.name] = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "array" \
-            else value
+        values[spec.name] = plain_value(value)
     return values
+
+
+def parameter_values(node: Node, specs) -> dict[str, Any]:
+    """The current values of the spec'd (declared) parameters."""
+    return {spec.name: plain_value(node.get_parameter(spec.name).value) for spec in specs}
+
+
+def plain_value(value: Any) -> Any:
+    """A parameter value with arrays (tuples, array.array) as lists."""
+    return list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "array" else value
 
 
 def parameter_overrides(values: dict[str, Any]) -> list[Parameter]:
@@ -99,37 +112,82 @@ def ns_to_duration_msg(ns: int) -> DurationMsg:
 # ----------------------------------------------------------------------------------------------
 # Node executables
 
+# How long the tear-down waits for the executor thread (and a node for its own threads).
+JOIN_TIMEOUT_S = 3.0
 
-def spin_node(node: Node) -> None:
-    """Spin `node` on a SingleThreadedExecutor until Ctrl-C or shutdown, then tear everything down."""
+
+def run_node(make_node: Callable[[], Node], name: str, args: list[str] | None, summary: str = "",
+             specs: tuple[ParamSpec, ...] = ()) -> int:
+    """The body of a node executable: start, spin until SIGINT or SIGTERM, tear down; the exit code.
+
+    0 after a stop signal at any moment, also during start-up (one line is logged); 1 when the node
+    cannot start (one fatal line) or its executor failed. `--help` (before --ros-args) prints the
+    usage, `summary` and the parameters `specs` without starting ROS. A node's `request_stop()`
+    runs first on a stop, while the executor still spins; `destroy_node()` last.
+    """
+    argv = sys.argv[1:] if args is None else args
+    if asks_for_help(argv):
+        print(usage(name, summary, specs), end="")
+        return 0
+    signals = StopSignals().install()
+    nodes: list[Node] = []
+    try:
+        code = _start_and_spin(make_node, name, args, signals, nodes)
+    except ShutdownRequested as stop:  # a stop signal during start-up
+        rclpy.logging.get_logger(name).info(f"{stop}: stopping during start-up")
+        code = 0
+    for node in nodes:
+        node.destroy_node()
+    rclpy.try_shutdown(uninstall_handlers=False)  # rclpy's uninstall would put back SIG_DFL for SIGINT
+    signals.ignore_from_now_on()
+    return code
+
+
+def _start_and_spin(make_node, name: str, args, signals: StopSignals, nodes: list[Node]) -> int:
+    # rclpy's own handlers would shut the context down under the running node, and re-raise
+    # KeyboardInterrupt in the main thread: StopSignals handles both signals instead.
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+        nodes.append(make_node())
+    except Exception as err:  # StartupError, or what a library made of a ShutdownRequested raised inside it
+        signals.defer()
+        if signals.received is not None:
+            raise ShutdownRequested(signals.received) from None
+        if not isinstance(err, StartupError):
+            raise
+        rclpy.logging.get_logger(name).fatal(f"cannot start: {err}")
+        return 1
+    signals.defer()
+    return spin_until_stopped(nodes[0], signals)
+
+
+def spin_until_stopped(node: Node, signals: StopSignals) -> int:
+    """Spin `node` on an executor thread until a stop signal (0) or until the executor fails (1)."""
     executor = SingleThreadedExecutor()
     executor.add_node(node)
+    failures: list[BaseException] = []
+    spinner = threading.Thread(target=_spin, args=(executor, signals, failures), name=f"{node.get_name()}-executor")
+    spinner.start()
+    received = signals.wait()
+    if received is not None:
+        node.get_logger().info(f"{received}: shutting down")
+    node.request_stop()
+    executor.shutdown(timeout_sec=JOIN_TIMEOUT_S)
+    spinner.join(JOIN_TIMEOUT_S)
+    if failures:
+        node.get_logger().error(f"the executor failed: {type(failures[0]).__name__}: {failures[0]}")
+    return 1 if failures else 0
+
+
+def _spin(executor: SingleThreadedExecutor, signals: StopSignals, failures: list[BaseException]) -> None:
     try:
         executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except ExternalShutdownException:
         pass
+    except Exception as err:  # a callback raised: end the process with an error
+        failures.append(err)
     finally:
-        for step in (executor.shutdown, node.destroy_node, rclpy.try_shutdown):
-            try:
-                step()
-            except KeyboardInterrupt:  # a second Ctrl-C while shutting down
-                pass
-
-
-def run_node(make_node: Callable[[], Node], name: str, args: list[str] | None) -> int:
-    """The body of a node executable: start, spin, and turn a start-up failure into one fatal line."""
-    rclpy.init(args=args)
-    try:
-        node = make_node()
-    except StartupError as err:
-        rclpy.logging.get_logger(name).fatal(f"cannot start: {err}")
-        rclpy.try_shutdown()
-        return 1
-    except KeyboardInterrupt:
-        rclpy.try_shutdown()
-        return 130
-    spin_node(node)
-    return 0
+        signals.end()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -41,10 +41,13 @@ from ..control.parameters import SIM_NODE_PARAMETERS, validate_sim_parameters
 from ..control.playback import TrajectorySchedule
 from ..control.statistics import Throttle
 from ..control.timing import NS_PER_S, period_ns
-from .common import (RELIABLE_COMMANDS, SCORE_QOS, SENSOR_QOS, StartupError, declare_parameters, ns_to_time_msg,
-                     run_node, stamp_to_ns)
+from ..control.trajectory_rules import ControllerRules, trajectory_problems
+from .common import RELIABLE_COMMANDS, SCORE_QOS, SENSOR_QOS, StartupError, declare_parameters, ns_to_time_msg, run_node
+from .messages import trajectory_fields
 
 CLOCK_TOPIC = "/clock"  # absolute: rclpy's use_sim_time listens there
+SUMMARY = ("pusht_sim_node: the Push-T simulation at a fixed rate; observations on 'observation', trajectories "
+           "from 'joint_trajectory', episode scores on 'episode_score'.")
 
 
 def observation_names() -> list[str]:
@@ -77,6 +80,8 @@ class PushTSimNode(Node):
         self._values = values
         self.period_ns = period_ns(values["control_rate"])
         self.joint_names = list(values["joint_names"])
+        # As the controller would: a late start is fine as long as the trajectory does not end in the past.
+        self._rules = ControllerRules(tuple(self.joint_names), late_start_tolerance_ns=sys.maxsize)
         self.video_dir = Path(values["video_dir"]).expanduser() if values["video_dir"] else None
         self._open_env()
         self._schedule = TrajectorySchedule()
@@ -135,35 +140,25 @@ class PushTSimNode(Node):
 
     # -- trajectories ----------------------------------------------------------------------------
     def _on_trajectory(self, msg: JointTrajectory) -> None:
+        """Take a trajectory that joint_trajectory_controller would accept (`control.trajectory_rules`)."""
         now = self._now()
-        try:
-            problem = None
-            if sorted(msg.joint_names) != sorted(self.joint_names) or len(msg.joint_names) != 2:
-                problem = f"joint names {list(msg.joint_names)} are not {self.joint_names}"
-            elif not msg.points:
-                problem = "no points"
-            if problem is None:
-                order = [list(msg.joint_names).index(name) for name in self.joint_names]
-                stamp = stamp_to_ns(msg.header.stamp) or now
-                due = [stamp + stamp_to_ns(point.time_from_start) for point in msg.points]
-                actions = np.array([[point.positions[i] for i in order] for point in msg.points], dtype=np.float64)
-                if not np.isfinite(actions).all():
-                    problem = "non-finite positions"
-                elif due[-1] < now:
-                    problem = "the trajectory ends in the past"
-            if problem is None:
-                with self._lock:
-                    if self._state != "running":
-                        return  # between episodes: commands planned for the previous one are ignored
-                    self._schedule.insert(due, actions)
-                    self.trajectories_received += 1
-                return
-        except (ValueError, IndexError) as err:
-            problem = str(err)
+        names, stamp, points = trajectory_fields(msg)
+        problems = trajectory_problems(names, stamp, points, now, self._rules)
+        if problems:
+            with self._lock:
+                self.trajectories_rejected += 1
+            if self._throttle.allow("trajectory", now):
+                self.get_logger().warning(f"trajectory rejected: {'; '.join(problems)}")
+            return
+        order = [names.index(name) for name in self.joint_names]
+        start = stamp or now
+        due = [start + point.time_from_start_ns for point in points]
+        actions = np.array([[point.positions[i] for i in order] for point in points], dtype=np.float64)
         with self._lock:
-            self.trajectories_rejected += 1
-        if self._throttle.allow("trajectory", now):
-            self.get_logger().warning(f"trajectory rejected: {problem}")
+            if self._state != "running":
+                return  # between episodes: commands planned for the previous one are ignored
+            self._schedule.insert(due, actions)
+            self.trajectories_received += 1
 
     # -- simulation loop -------------------------------------------------------------------------
     def _tick(self) -> None:
@@ -305,6 +300,10 @@ class PushTSimNode(Node):
             self._env.close()
             self._env = None
 
+    def request_stop(self) -> None:
+        """The process is ending: no further simulation step."""
+        self._timer.cancel()
+
     def destroy_node(self) -> None:
         if hasattr(self, "_timer"):
             self._timer.cancel()
@@ -314,7 +313,7 @@ class PushTSimNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """`ros2 run paradigms_policy pusht_sim_node [--ros-args --params-file config/pusht_sim.yaml ...]`."""
-    return run_node(PushTSimNode, "pusht_sim_node", args)
+    return run_node(PushTSimNode, "pusht_sim_node", args, SUMMARY, SIM_NODE_PARAMETERS)
 
 
 if __name__ == "__main__":

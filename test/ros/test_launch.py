@@ -1,4 +1,5 @@
-"""launch/policy.launch.py: arguments and started nodes (needs `launch` and `launch_ros` from a ROS 2 install)."""
+"""launch/policy.launch.py: arguments and started nodes (needs `launch` and `launch_ros` importable: a ROS 2
+install, or the workspace env.sh that ../shared/ros2/install.sh writes; test_launch_real.py runs it for real)."""
 import importlib.util
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction  # noqa: E402
 from launch.utilities import perform_substitutions  # noqa: E402
 
 LAUNCH_FILE = Path(__file__).resolve().parents[2] / "launch" / "policy.launch.py"
-ARGUMENTS = {"checkpoint", "sampler", "use_sim", "params_file", "cpu_profile", "lockstep"}
+ARGUMENTS = {"checkpoint", "sampler", "use_sim", "params_file", "cpu_profile", "lockstep", "lifecycle", "autostart"}
 
 
 @pytest.fixture
@@ -53,6 +54,7 @@ def test_launch_description_declares_the_arguments(launch_module):
     defaults = {name: perform_substitutions(context, arg.default_value) for name, arg in arguments.items()}
     assert defaults["checkpoint"] == "" and defaults["sampler"] == "" and defaults["use_sim"] == "false"
     assert defaults["cpu_profile"] == "false" and defaults["lockstep"] == "false"
+    assert defaults["lifecycle"] == "false" and defaults["autostart"] == "true"
     assert Path(defaults["params_file"]).is_file() and Path(defaults["params_file"]).name == "policy.yaml"
     assert Path(launch_module._config("pusht_sim.yaml")).is_file()
 
@@ -90,3 +92,21 @@ def test_lockstep_loads_the_lockstep_overlay_into_both_nodes_last(launch_module,
     overlay = launch_module._config("lockstep.yaml")
     assert policy["parameters"] == [launch_module._config("policy.yaml"), overlay]
     assert sim["parameters"] == [launch_module._config("pusht_sim.yaml"), launch_module._config("policy.yaml"), overlay]
+
+
+def test_lifecycle_starts_the_managed_node_and_autostart_configures_then_activates_it(launch_module, monkeypatch):
+    from launch.actions import EmitEvent, RegisterEventHandler
+    from launch_ros.actions import LifecycleNode
+    from lifecycle_msgs.msg import Transition
+
+    handler, node, configure, sim = _nodes(launch_module, monkeypatch, lifecycle="true", use_sim="true")
+    assert isinstance(node, LifecycleNode) and sim["executable"] == "pusht_sim_node"
+    assert (node.node_package, node.node_executable) == ("paradigms_policy", "lifecycle_policy_node")
+    assert isinstance(configure, EmitEvent) and configure.event.transition_id == Transition.TRANSITION_CONFIGURE
+    assert configure.event.lifecycle_node_matcher(node)
+    assert isinstance(handler, RegisterEventHandler)
+    [activate] = handler.event_handler.entities
+    assert activate.event.transition_id == Transition.TRANSITION_ACTIVATE and activate.event.lifecycle_node_matcher(node)
+
+    manual = _nodes(launch_module, monkeypatch, lifecycle="true", autostart="false")
+    assert len(manual) == 1 and isinstance(manual[0], LifecycleNode)
