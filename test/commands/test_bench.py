@@ -2,6 +2,8 @@
 import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,7 +46,9 @@ def test_bench_refuses_unknown_samplers_and_missing_checkpoints(tmp_path, capsys
 
 
 def test_console_script_is_installed():
-    executable = shutil.which("paradigms-policy")
+    # The interpreter's own scripts folder first: a virtual environment's bin/ need not be on PATH.
+    beside = Path(sys.executable).with_name("paradigms-policy")
+    executable = str(beside) if beside.is_file() else shutil.which("paradigms-policy")
     if executable is None:
         pytest.skip("the package is not installed (pip install -e .); the console script is missing")
     result = subprocess.run([executable, "bench", "--help"], capture_output=True, text=True, timeout=60)
