@@ -18,7 +18,7 @@ from .timing import NS_PER_S, TimedChunk
 MISS_KINDS = ("late", "no_time", "outdated")
 COUNTERS = ("observations_received", "observations_accepted", "chunks_published", "deadline_misses",
             *(f"miss_{kind}" for kind in MISS_KINDS), "inferences", "inference_errors", "actions_dropped_outdated",
-            "actions_clipped", "chunks_not_converged", "windows_not_contiguous", "chunks_abandoned")
+            "actions_clipped", "chunks_not_converged", "windows_not_contiguous", "chunks_abandoned", "rtc_overruns")
 # Chunk records kept for statistics and the demo: enough for several episodes, bounded for long runs.
 CHUNK_LOG_LENGTH = 500
 

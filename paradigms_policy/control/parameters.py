@@ -55,6 +55,10 @@ POLICY_NODE_PARAMETERS: tuple[ParamSpec, ...] = (
               "the running chunk runs out (beyond the measured inference time); 1 leaves a period for jitter, 0 "
               "plans as late as possible (a lockstep simulation, where inference costs no simulated time).",
               read_only=False, minimum=0, maximum=1000),
+    ParamSpec("real_time_chunking", False, "Inpaint each new chunk with what the running trajectory commands until "
+              "the chunk is expected (the measured observation-to-ready time in control periods, rounded up, plus "
+              "one) and the command due just before its observation, so the new trajectory continues the old one; "
+              "a chunk later than planned counts as rtc_overruns.", read_only=False),
     ParamSpec("deadline_ms", 500.0, "A chunk must be ready this long after its observation's stamp; a later one "
               "is a deadline miss and is not published.", read_only=False, minimum=1.0, maximum=60000.0),
     ParamSpec("max_observation_age_ms", 200.0, "Observations older than this on arrival are rejected; 0 = no age "

@@ -27,6 +27,7 @@ from ..control.observations import ObservationGate, ObservationWindow
 from ..control.parameters import POLICY_NODE_PARAMETERS, validate_against_policy, validate_policy_parameters
 from ..control.sampling import ChunkAbandoned, SamplerChoice, abandonable, resolve_sampler
 from ..control.statistics import RoundTimeEstimator, Throttle
+from ..control.chunking import committed_actions, planned_delay_steps
 from ..control.timing import NS_PER_MS, deadline_met, period_ns, plan_chunk, plan_rounds, should_start_inference
 from .common import (DIAGNOSTICS_QOS, JOIN_TIMEOUT_S, RELIABLE_COMMANDS, SENSOR_QOS, StartupError,
                      declare_parameters, stamp_to_ns)
@@ -147,6 +148,7 @@ class PolicyBehaviour:
         self._round_time = RoundTimeEstimator(10)
         self._last_round_cap: int | None = None
         self._chunk_end_ns: int | None = None
+        self._running_chunk = None  # the last published TimedChunk, for real-time chunking
         self._throttle = Throttle(1.0)
         self._reporter = DiagnosticsReporter()
 
@@ -222,6 +224,7 @@ class PolicyBehaviour:
             self._generation += 1
             self._window.clear()
             self._chunk_end_ns = None
+            self._running_chunk = None
             self._wakeup.notify_all()
 
     def request_stop(self) -> None:
@@ -371,9 +374,15 @@ class PolicyBehaviour:
             self._miss("no_time", stamp, None, plan.skip)
             return
         self._last_round_cap = plan.cap
-        output = self.policy.predict(observations, generator=self._generator,
-                                     **({"max_rounds": plan.cap} if choice.parallel else {}))
+        options = {"max_rounds": plan.cap} if choice.parallel else {}
+        delay = None
+        if settings["real_time_chunking"]:
+            delay, commitment = self._commitment(stamp, deadline_ns)
+            options.update(commitment)
+        output = self.policy.predict(observations, generator=self._generator, **options)
         ready = self._now_ns()
+        if delay is not None and ready > stamp + delay * self.period_ns:
+            self.ledger.count("rtc_overruns")  # more of the chunk is already due than was committed
         self._recent_ready_age.append(ready - stamp)
         with self._lock:
             self._round_time.add(output.latency_s, output.stats.rounds)
@@ -389,6 +398,19 @@ class PolicyBehaviour:
         else:
             self._publish(chunk, record)
 
+    def _commitment(self, stamp: int, deadline_ns: int) -> tuple[int, dict[str, Any]]:
+        """(planned delay in periods, sampler options inpainting what runs until then; none without a trajectory)."""
+        expected = max(self._recent_ready_age) if self._recent_ready_age else deadline_ns
+        delay = planned_delay_steps(expected, self.period_ns, most=self.n_action_steps - 1)
+        with self._lock:
+            actions = committed_actions(self._running_chunk, stamp, self.period_ns, delay)
+        if actions is None:
+            return delay, {}
+        first = self.policy.config.n_obs_steps - 2  # horizon position of the step before the observation's
+        if first < 0:
+            actions, first = actions[1:], 0
+        return delay, self.policy.commitment(actions, first)
+
     def _publish(self, chunk, record: dict) -> None:
         """Publish the chunk unless it was dropped meanwhile (deactivated, stopping)."""
         with self._lock:
@@ -397,6 +419,7 @@ class PolicyBehaviour:
                 return
             self._trajectory_pub.publish(trajectory_message(chunk, self.joint_names))
             self._chunk_end_ns = chunk.end_ns
+            self._running_chunk = chunk
         self.ledger.published(record, chunk)
 
     def _miss(self, kind: str, stamp: int, record: dict | None, message: str) -> None:

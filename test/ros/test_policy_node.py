@@ -428,3 +428,47 @@ def test_policy_node_executable_reports_missing_checkpoint_in_one_line(tmp_path)
     problems = [line for line in lines if "[INFO]" not in line]  # progress lines: "loading the policy from ..."
     assert len(problems) == 1, lines
     assert str(missing) in problems[0] and "cannot start" in problems[0] and "[FATAL]" in problems[0]
+
+
+def stream_observations(ros, until, seconds):
+    """Observations one period apart, stamped when published, until `until()` or `seconds` pass."""
+    stamp = ros.now()
+    deadline = time.monotonic() + seconds
+    while not until() and time.monotonic() < deadline:
+        ros.publish(obs(250.0 + (stamp // PERIOD_NS) % 20), stamp=stamp)
+        stamp += PERIOD_NS
+        while ros.now() < stamp:
+            time.sleep(0.002)
+
+
+def continuations(trajectories):
+    """(new chunk's first point, the running trajectory's point due at that time) for consecutive trajectories."""
+    pairs = []
+    for (old, _), (new, _) in zip(trajectories, trajectories[1:]):
+        old_points = {stamp_ns(old.header.stamp) + stamp_ns(p.time_from_start): list(p.positions) for p in old.points}
+        first = stamp_ns(new.header.stamp)
+        if first in old_points:
+            pairs.append((list(new.points[0].positions), old_points[first]))
+    return pairs
+
+
+@pytest.mark.parametrize("chunking", [True, False])
+def test_real_time_chunking_continues_the_running_trajectory(ros, chunking):
+    node = ros.policy_node(real_time_chunking=chunking, deadline_ms=600.0, max_observation_age_ms=0.0)
+    original = node.policy.model.denoise
+
+    def slow_denoise(x, timesteps, condition):
+        time.sleep(0.013)  # 10 steps: a chunk is ready about 1.5 periods after its observation
+        return original(x, timesteps, condition)
+
+    node.policy.model.denoise = slow_denoise
+    ros.start(node)
+    stream_observations(ros, until=lambda: len(continuations(ros.trajectories)) >= 3, seconds=8.0)
+    pairs = continuations(ros.trajectories)
+    assert len(pairs) >= 3, f"{len(ros.trajectories)} trajectories, {len(pairs)} overlapping"
+    gaps = [np.abs(np.subtract(new, old)).max() for new, old in pairs]
+    if chunking:  # where it takes over, the new trajectory commands what the running one did
+        assert max(gaps) < 1e-2, gaps
+    else:  # fresh noise and no inpainting: the new chunk starts elsewhere
+        assert min(gaps) > 1e-2, gaps
+    assert node.statistics()["chunks_published"] == len(ros.trajectories)

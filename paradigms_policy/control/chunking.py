@@ -1,0 +1,33 @@
+"""Real-time chunking in the node: what the running trajectory commits while the next chunk is computed.
+
+A chunk planned from the observation stamped s arrives about `delay` control periods later. Until
+then the running trajectory keeps commanding; real-time chunking inpaints those commands, and the
+one due just before s, into the new chunk (`samplers/inpainting.py`), so the new trajectory
+continues the old one where it takes over.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .timing import TimedChunk
+
+# Periods added to the measured observation-to-ready time when choosing the delay: jitter room.
+MARGIN_STEPS = 1
+
+
+def planned_delay_steps(expected_ready_ns: int, period: int, most: int, margin_steps: int = MARGIN_STEPS) -> int:
+    """Control periods from an observation's stamp until its chunk is expected, rounded up, plus a margin (<= most)."""
+    return min(most, max(0, math.ceil(expected_ready_ns / period)) + margin_steps)
+
+
+def committed_actions(running: TimedChunk | None, stamp_ns: int, period: int, delay_steps: int) -> np.ndarray | None:
+    """(delay_steps + 1, action_dim): what `running` commands at stamp - period, stamp, ..., stamp + (delay_steps - 1)
+    period; None without a running trajectory. Before its first point that point stands in (the older chunk's
+    command is not kept); after its last point the last one is held, as the controller holds it."""
+    if running is None:
+        return None
+    times = stamp_ns + period * np.arange(-1, delay_steps)
+    index = np.clip(np.round((times - running.start_ns) / period).astype(int), 0, len(running) - 1)
+    return running.positions[index]
