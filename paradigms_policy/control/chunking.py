@@ -24,9 +24,10 @@ def planned_delay_steps(expected_ready_ns: int, period: int, most: int, margin_s
 
 def committed_actions(running: TimedChunk | None, stamp_ns: int, period: int, delay_steps: int) -> np.ndarray | None:
     """(delay_steps + 1, action_dim): what `running` commands at stamp - period, stamp, ..., stamp + (delay_steps - 1)
-    period; None without a running trajectory. Before its first point that point stands in (the older chunk's
-    command is not kept); after its last point the last one is held, as the controller holds it."""
-    if running is None:
+    period; None without a trajectory that still runs at stamp - period (after a pause, such as an episode's
+    reset, the new chunk starts afresh). Before its first point that point stands in (the older chunk's command
+    is not kept); after its last point the last one is held, as the controller holds it."""
+    if running is None or running.end_ns < stamp_ns - period:
         return None
     times = stamp_ns + period * np.arange(-1, delay_steps)
     index = np.clip(np.round((times - running.start_ns) / period).astype(int), 0, len(running) - 1)

@@ -23,3 +23,5 @@ def test_committed_actions_are_the_running_commands_at_their_due_times():
     # Past its end the last point is held; before its start its first point stands in.
     np.testing.assert_array_equal(committed_actions(running, 1400, PERIOD, 2), [[6, 7], [8, 9], [8, 9]])
     np.testing.assert_array_equal(committed_actions(running, 1000, PERIOD, 1), [[0, 1], [0, 1]])
+    # A trajectory that ended before the step preceding the observation commits nothing (the chunk starts afresh).
+    assert committed_actions(running, 1500, PERIOD, 2) is not None and committed_actions(running, 1600, PERIOD, 2) is None
