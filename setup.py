@@ -19,6 +19,7 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
         (f"share/{PACKAGE}/checkpoints/pusht_lowdim", glob("checkpoints/pusht_lowdim/*")),
+        (f"share/{PACKAGE}/checkpoints/pusht_image", glob("checkpoints/pusht_image/*")),
     ],
     python_requires=">=3.10",
     install_requires=[

@@ -11,6 +11,7 @@ from pathlib import Path
 PACKAGE = "paradigms_policy"
 SOURCE_TREE = Path(__file__).resolve().parent.parent
 SHIPPED_CHECKPOINT = Path("checkpoints") / "pusht_lowdim"
+SHIPPED_IMAGE_CHECKPOINT = Path("checkpoints") / "pusht_image"  # frames + agent position, trained on a 2-core CPU
 CONFIG_DIR = Path("config")
 POLICY_PARAMS = "policy.yaml"
 SIM_PARAMS = "pusht_sim.yaml"
@@ -36,9 +37,9 @@ def _find(relative: Path, required: tuple[str, ...]) -> Path:
     return SOURCE_TREE / relative
 
 
-def shipped_checkpoint() -> Path:
-    """The Push-T checkpoint shipped with the package."""
-    return _find(SHIPPED_CHECKPOINT, ("config.json",))
+def shipped_checkpoint(image: bool = False) -> Path:
+    """The Push-T checkpoint shipped with the package: the low-dim policy, or with `image` the image policy."""
+    return _find(SHIPPED_IMAGE_CHECKPOINT if image else SHIPPED_CHECKPOINT, ("config.json",))
 
 
 def config_dir() -> Path:

@@ -21,11 +21,23 @@ result is flattened over the steps into the U-Net's global condition.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 GROUP_NORM_CHANNELS = 16  # GroupNorm(num_channels // 16, num_channels), as both originals replace BatchNorm
+
+
+def image_input(frame) -> np.ndarray:
+    """A camera frame (H, W, C) of uint8 RGB -> the policy's image input: float32 (C, H, W) in [0, 1].
+
+    The one conversion used by evaluation, the node and the demo, so that they feed identical values.
+    """
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8 or frame.ndim != 3:
+        raise ValueError(f"a frame must be uint8 (H, W, C), got {frame.dtype} {frame.shape}")
+    return np.ascontiguousarray(frame.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
 
 
 def group_norm(channels: int) -> nn.GroupNorm:

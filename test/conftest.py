@@ -6,6 +6,7 @@ small_model`) for the test files that still call them directly.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,18 @@ import torch
 from paradigms_policy.config import PolicyConfig, SchedulerConfig
 from paradigms_policy.model import ConditionalUnet1D
 from paradigms_policy.normalizer import AffineNormalizer
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # the first bytes of every PNG file
+
+
+def wait_for(condition, timeout: float = 5.0) -> bool:
+    """Poll `condition` every 10 ms until it holds or `timeout` seconds pass; its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMALL_UNET = dict(down_dims=(16, 32), diffusion_step_embed_dim=16, kernel_size=5, n_groups=8)

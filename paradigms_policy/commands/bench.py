@@ -106,12 +106,30 @@ def bench_observations(policy: DiffusionPolicy, data: str | None, count: int, se
     """(observation windows, episode starts): from demonstration rollouts when `data` names the zarr, else random."""
     if not data:
         return random_observations(policy, count, seed=seed), None
+    config = policy.config
+    if config.image_keys:
+        return image_observations(policy, data, count, seed), None
     from ..pusht.dataset import PushTLowdimDataset
 
-    config = policy.config
     dataset = PushTLowdimDataset(data, config.horizon, config.n_obs_steps, config.n_action_steps)
     # Consecutive windows of episodes, one executed chunk apart, as a rollout meets them.
     return dataset.rollout_observation_windows(count, seed=seed)
+
+
+def image_observations(policy: DiffusionPolicy, data: str, count: int, seed: int) -> list[dict[str, np.ndarray]]:
+    """`count` Push-T image observation windows {key: (n_obs_steps, *shape)} from the demonstrations (frames in [0, 1])."""
+    from ..pusht.image_dataset import AGENT_POS_KEY, IMAGE_KEY, PushTImageDataset
+
+    config = policy.config
+    if set(config.image_keys) != {IMAGE_KEY} or set(config.low_dim_keys) != {AGENT_POS_KEY}:
+        raise ValueError(f"--data serves Push-T's {IMAGE_KEY!r} and {AGENT_POS_KEY!r}; this policy observes "
+                         f"{[spec.key for spec in config.observations]}")
+    dataset = PushTImageDataset(data, config.horizon, config.n_obs_steps, config.n_action_steps)
+    indices = np.random.default_rng(seed).choice(len(dataset), size=count, replace=count > len(dataset))
+    batch = dataset.batch(indices)
+    frames = batch[IMAGE_KEY].numpy().astype(np.float32) / np.float32(255.0)
+    agent = batch[AGENT_POS_KEY][:, : config.n_obs_steps].numpy()
+    return [{IMAGE_KEY: frames[i], AGENT_POS_KEY: agent[i]} for i in range(count)]
 
 
 def policy_in(policy: DiffusionPolicy, dtype: str, device: torch.device | str | None = None) -> DiffusionPolicy:
@@ -120,7 +138,10 @@ def policy_in(policy: DiffusionPolicy, dtype: str, device: torch.device | str | 
     if dtype == "float32" and device == policy.device:
         return policy
     model = copy.deepcopy(policy.model).to(device=device, dtype=DTYPES[dtype])
-    return DiffusionPolicy(policy.config, model, policy.obs_normalizer, policy.action_normalizer, device=device)
+    variant = DiffusionPolicy(policy.config, model, policy.obs_normalizer, policy.action_normalizer, device=device)
+    if policy.obs_encoder is not None:
+        variant.set_observation_encoder(copy.deepcopy(policy.obs_encoder).to(dtype=DTYPES[dtype]))
+    return variant
 
 
 def random_policy(size: str = "shipped", device: str = "cpu", seed: int = 0) -> DiffusionPolicy:
@@ -181,6 +202,7 @@ def run_bench(policy: DiffusionPolicy, observations: np.ndarray, samplers: list[
         "scheduler": scheduler.name,
         "num_inference_steps": scheduler.num_inference_steps,
         "parameters": sum(p.numel() for p in policy.model.parameters()),
+        "encoder_parameters": sum(p.numel() for p in policy.obs_encoder.parameters()) if policy.obs_encoder else 0,
         "results": measured,
     }
 
@@ -189,7 +211,9 @@ def run_bench(policy: DiffusionPolicy, observations: np.ndarray, samplers: list[
 class ChunkSource:
     """The chunks every sampler solves: observation windows, one noise seed per chunk, episode starts."""
 
-    observations: np.ndarray  # (chunks, n_obs_steps, obs_dim), or (chunks, B, n_obs_steps, obs_dim)
+    # (chunks, n_obs_steps, obs_dim) or (chunks, B, n_obs_steps, obs_dim); for an image policy a list of windows
+    # {key: (n_obs_steps, *shape)}
+    observations: np.ndarray | list[dict[str, np.ndarray]]
     seed: int = 0
     episode_starts: np.ndarray | None = None
     # Real-time chunking: each chunk after an episode's first is inpainted with the previous chunk's actions
@@ -198,32 +222,46 @@ class ChunkSource:
     delay_steps: int | None = None
 
     def __len__(self) -> int:
-        return self.observations.shape[0]
+        return len(self.observations)
 
     def starts_episode(self, index: int) -> bool:
         return True if self.episode_starts is None else bool(self.episode_starts[index])
 
     def solve(self, variant: DiffusionPolicy, index: int, sample=None,
-              previous: torch.Tensor | None = None) -> tuple[torch.Tensor, Any, float]:
-        """(answer in normalised units as float64 on the CPU, sampler statistics, seconds) for chunk `index`.
+              previous: torch.Tensor | None = None) -> tuple[torch.Tensor, Any, float, float | None]:
+        """(answer in normalised units as float64 on the CPU, sampler statistics, seconds, of which the
+        observation encoding's seconds) for chunk `index`.
 
-        sample(observations, noise, generator, **options) -> (answer, stats): default `variant.sample_normalized`.
-        previous: the answer for chunk index - 1, whose actions real-time chunking commits.
+        sample(observations, noise, generator, **options) -> (answer, stats): default `variant.sample_normalized`
+        (with the condition computed and timed first; a given `sample` encodes inside, and the encoding's
+        seconds are None). previous: the answer for chunk index - 1, whose actions real-time chunking commits.
         """
         if self.starts_episode(index):
             variant.reset()
             previous = None
         options = self.commitment(variant, previous) if previous is not None and self.delay_steps is not None else {}
-        dtype = next(variant.model.parameters()).dtype
-        window = self.observations[index]
-        obs = torch.as_tensor(window if window.ndim == 3 else window[None], device=variant.device).to(dtype)
+        obs = self._window(variant, index)
         generator = torch.Generator().manual_seed(self.seed + index)
-        noise = variant.initial_noise(obs.shape[0], generator).to(dtype)
+        batch = next(iter(obs.values())).shape[0] if isinstance(obs, dict) else obs.shape[0]
+        noise = variant.initial_noise(batch, generator).to(next(variant.model.parameters()).dtype)
         synchronize(variant.device)
         started = time.perf_counter()
+        encoding = None
+        if sample is None:
+            options["condition"] = variant.condition(obs)
+            synchronize(variant.device)
+            encoding = time.perf_counter() - started
         normalized, stats = (sample or variant.sample_normalized)(obs, noise, generator, **options)
         synchronize(variant.device)
-        return normalized.double().cpu(), stats, time.perf_counter() - started
+        return normalized.double().cpu(), stats, time.perf_counter() - started, encoding
+
+    def _window(self, variant: DiffusionPolicy, index: int):
+        """Chunk `index`'s observations as a batch on the variant's device, in its dtype."""
+        window = self.observations[index]
+        dtype = next(variant.model.parameters()).dtype
+        if isinstance(window, dict):
+            return {key: torch.as_tensor(value[None], device=variant.device).to(dtype) for key, value in window.items()}
+        return torch.as_tensor(window if window.ndim == 3 else window[None], device=variant.device).to(dtype)
 
     def commitment(self, variant: DiffusionPolicy, previous: torch.Tensor) -> dict[str, Any]:
         """The previous chunk's actions for steps s - 1 .. s + delay - 1, at their places in this chunk's horizon."""
@@ -253,11 +291,11 @@ class Measurement:
     spec: SamplerSpec
     captured: bool
     answers: list[torch.Tensor]
-    rows: list[tuple[float, int, int]]  # (seconds, rounds, model evaluations) per chunk
+    rows: list[tuple[float, int, int, float]]  # (seconds, rounds, model evaluations, encoding seconds) per chunk
     first_residuals: list[float]
 
     def summary(self, references: list[torch.Tensor]) -> dict[str, Any]:
-        latency, rounds, evals = (np.array(column) for column in zip(*self.rows))
+        latency, rounds, evals, encoding = (np.array(column) for column in zip(*self.rows))
         deviation = np.array([float((answer - reference).abs().max())
                               for answer, reference in zip(self.answers, references)])
         return {
@@ -272,6 +310,8 @@ class Measurement:
             "model_evals_median": float(np.median(evals)),
             "latency_p50_ms": 1000 * float(np.median(latency)),
             "latency_p99_ms": 1000 * float(np.percentile(latency, 99)),
+            "encoder_p50_ms": 1000 * float(np.median(encoding)),  # the condition: image encoder (if any) and FiLM
+            "sampler_p50_ms": 1000 * float(np.median(latency - encoding)),
             "max_abs_dev": float(deviation.max()),
             "median_abs_dev": float(np.median(deviation)),
             "residual_history_first_chunk": self.first_residuals,
@@ -287,9 +327,9 @@ def measure(variant: DiffusionPolicy, spec: SamplerSpec, chunks: ChunkSource, wa
         chunks.solve(variant, index)
     answers, rows, first = [], [], []
     for index in range(len(chunks)):
-        answer, stats, seconds = chunks.solve(variant, index, previous=answers[-1] if answers else None)
+        answer, stats, seconds, encoding = chunks.solve(variant, index, previous=answers[-1] if answers else None)
         answers.append(answer)
-        rows.append((seconds, stats.rounds, stats.model_evals))
+        rows.append((seconds, stats.rounds, stats.model_evals, encoding))
         first = first or stats.residual_history
         on_chunk(1)
     return Measurement(spec, captured, answers, rows, first)
@@ -308,14 +348,17 @@ def format_table(document: dict[str, Any]) -> str:
     """The results as a Markdown table (it is pasted into the README as is)."""
     lines = [
         f"device: {document['device']}, torch {document['torch']}, {document['scheduler'].upper()}-"
-        f"{document['num_inference_steps']}, {document['parameters']:,} parameters",
+        f"{document['num_inference_steps']}, {document['parameters']:,} parameters"
+        + (f" + image encoder {document['encoder_parameters']:,}" if document.get("encoder_parameters") else ""),
         "",
-        "| sampler | p50 ms | p99 ms | speed-up | rounds (median) | model evals (median) | max abs dev |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| sampler | p50 ms | p99 ms | encoder p50 ms | speed-up | rounds (median) | model evals (median) | "
+        "max abs dev |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in document["results"]:
         lines.append(
             f"| {row['label']} | {row['latency_p50_ms']:.1f} | {row['latency_p99_ms']:.1f} | "
+            f"{row['encoder_p50_ms']:.1f} | "
             f"{row['speedup_vs_sequential']:.2f}x | {row['rounds_median']:g} | {row['model_evals_median']:g} | "
             f"{row['max_abs_dev']:.2e} |"
         )

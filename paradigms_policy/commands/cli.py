@@ -17,7 +17,7 @@ COMMANDS = {
     "eval": ("evaluate", "Push-T task score per sampler (Diffusion Policy protocol)"),
     "delays": ("delays", "Push-T score against inference delay: plain delayed execution and real-time chunking"),
     "curve": ("curve", "Push-T score of every checkpoint of a training run"),
-    "train": (None, "train a low-dim Diffusion Policy on the Push-T demonstrations"),
+    "train": (None, "train a Diffusion Policy (low-dim or image) on the Push-T demonstrations"),
     "demo": ("demo", "policy node + Push-T simulation node over ROS 2 (no ros2 launch needed)"),
     "soak": ("soak", "run the policy node for many control cycles and watch its memory"),
 }
@@ -34,6 +34,11 @@ def _add_train_arguments(parser) -> None:
     parser.add_argument("--down-dims", default="64,128,256", help="U-Net widths, comma separated")
     parser.add_argument("--step-embed-dim", type=int, default=128)
     parser.add_argument("--kernel-size", type=int, default=5)
+    parser.add_argument("--observation", choices=("low_dim", "image"), default="low_dim",
+                        help="low_dim: block keypoints + agent position; image: the recorded frames + agent position")
+    parser.add_argument("--vision-width", type=int, default=16, help="image encoder: ResNet-18 conv1 channels")
+    parser.add_argument("--vision-feature-dim", type=int, default=64, help="image encoder: features per frame")
+    parser.add_argument("--crop-size", type=int, default=84, help="image encoder: random crop in training")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if the run directory has a resume state")
@@ -46,7 +51,9 @@ def _run_train(args) -> int:
                          learning_rate=args.lr, warmup_steps=args.warmup_steps,
                          checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
                          down_dims=int_list(args.down_dims), diffusion_step_embed_dim=args.step_embed_dim,
-                         kernel_size=args.kernel_size)
+                         kernel_size=args.kernel_size, observation=args.observation,
+                         vision_width=args.vision_width, vision_feature_dim=args.vision_feature_dim,
+                         crop_size=args.crop_size)
     final = train(config, resume=not args.no_resume)
     print(f"final checkpoint: {final}")
     return 0

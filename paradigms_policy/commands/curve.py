@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .evaluate import evaluate
+from .options import add_scheduler_options, scheduler_overrides
 from .output import saved_figure, write_json
 
 
@@ -18,6 +19,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--json", help="write [{steps, summary}, ...] here")
     parser.add_argument("--plot", help="PNG of score against training steps")
+    add_scheduler_options(parser)
 
 
 def run(args) -> int:
@@ -25,15 +27,17 @@ def run(args) -> int:
     if not checkpoints:
         raise FileNotFoundError(f"{args.run}: no checkpoints/step_* directories")
     seeds = list(range(args.seed, args.seed + args.episodes))
+    scheduler = scheduler_overrides(args)
+    sampling = "".join(f"_{key}{value}" for key, value in sorted(scheduler.items()))
     points = []
     for checkpoint in checkpoints:
         steps = int(checkpoint.name.split("_")[1])
         # Results are kept beside the checkpoint, so an interrupted or repeated curve resumes.
-        cached = checkpoint / f"eval_{args.sampler}_seed{args.seed}_n{args.episodes}.json"
+        cached = checkpoint / f"eval_{args.sampler}{sampling}_seed{args.seed}_n{args.episodes}.json"
         if cached.exists():
             summary = json.loads(cached.read_text())
         else:
-            summary = evaluate(checkpoint, [(args.sampler, {})], seeds, workers=args.workers)[0]
+            summary = evaluate(checkpoint, [(args.sampler, {})], seeds, workers=args.workers, scheduler=scheduler)[0]
             write_json(summary, cached)
         print(f"{steps:>7} steps: mean score {summary['mean_score']:.3f}, success {summary['success_rate']:.2f}")
         points.append((steps, summary))
@@ -55,6 +59,8 @@ def plot_training_curve(points: list[tuple[int, dict[str, Any]]], path: str | Pa
         axis.plot(steps, [summary["success_rate"] for _, summary in points], "s--", label="success rate")
         axis.set_xlabel("training steps")
         axis.set_ylim(0, 1.02)
-        axis.set_title(f"Push-T, {points[0][1]['sampler']}, {points[0][1]['episodes']} episodes per checkpoint")
+        first = points[0][1]
+        axis.set_title(f"Push-T, {first['sampler']} {first['scheduler'].upper()}-{first['num_inference_steps']}, "
+                       f"{first['episodes']} episodes per checkpoint")
         axis.grid(alpha=0.3)
         axis.legend(loc="lower right")

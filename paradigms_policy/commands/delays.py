@@ -1,13 +1,15 @@
 """`paradigms-policy delays`: task score against inference delay, plain delayed execution and real-time chunking.
 
-For every delay D (in control steps) each seed runs twice: the new chunk's actions replace the
-running ones D steps after its observation (plain), and the same with the chunk inpainted with the
-actions committed meanwhile (real-time chunking). The baseline is D = 0 without inpainting, the
+For every delay D (in control steps) each seed runs once per execution: the new chunk's actions
+replace the running ones D steps after its observation (plain), the same with the chunk inpainted
+with the actions committed meanwhile (real-time chunking, hard inpainting), and optionally with the
+rest of the running chunk's overlap pulled softly too (soft). The baseline is D = 0 plain, the
 paper's protocol when the replanning period is n_action_steps. Differences are paired by seed.
 All rows share one episode log, so an interrupted study resumes where it stopped.
 """
 from __future__ import annotations
 
+import argparse
 import math
 import os
 from pathlib import Path
@@ -21,6 +23,26 @@ from .options import (add_sampler_options, add_scheduler_options, int_list, para
                       scheduler_overrides)
 from .output import saved_figure, write_json
 
+# execution name -> run_episode's options beyond the delay and the replanning period
+EXECUTIONS = {"plain": {"real_time_chunking": False},
+              "hard": {"real_time_chunking": True},
+              "soft": {"real_time_chunking": True, "soft_overlap": True}}
+LABELS = {"plain": "plain delayed execution", "hard": "real-time chunking",
+          "soft": "real-time chunking, soft overlap"}
+
+
+def _executions(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in EXECUTIONS]
+    if unknown or not names or names[0] != "plain":
+        raise argparse.ArgumentTypeError(f"must list {', '.join(EXECUTIONS)} names, plain first (got {text!r})")
+    return names
+
+
+def _execution_of(row: dict[str, Any]) -> str:
+    """A row's execution name (rows written before soft overlap existed carry only real_time_chunking)."""
+    return row.get("mode", "hard" if row["real_time_chunking"] else "plain")
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", help="policy checkpoint (default: the shipped Push-T checkpoint)")
@@ -33,6 +55,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--json", required=True, help="results; the episode log goes next to it")
     parser.add_argument("--plot", help="PNG of score and chunk-switch jump against delay")
+    parser.add_argument("--executions", default="plain,hard", type=_executions,
+                        help=f"comma-separated, from {', '.join(EXECUTIONS)} (plain first: it is the baseline)")
     add_scheduler_options(parser)
     add_sampler_options(parser)
 
@@ -42,12 +66,13 @@ def run(args) -> int:
     seeds = list(range(args.seed, args.seed + args.episodes))
     rows = []
     for delay in args.delays:
-        for chunking in (False, True):
-            execution = {"delay_steps": delay, "replan_every": args.replan_every, "real_time_chunking": chunking}
+        for name in args.executions:
+            execution = {"delay_steps": delay, "replan_every": args.replan_every, **EXECUTIONS[name]}
             [summary] = evaluate(args.checkpoint or shipped_checkpoint(), [(spec.name, spec.options)], seeds,
                                  workers=args.workers, max_steps=args.max_steps, episode_log=f"{args.json}.episodes.jsonl",
                                  scheduler=scheduler_overrides(args), execution={k: v for k, v in execution.items() if v})
-            rows.append({"delay_steps": delay, "real_time_chunking": chunking, **summary})
+            rows.append({"delay_steps": delay, "mode": name,
+                         "real_time_chunking": EXECUTIONS[name]["real_time_chunking"], **summary})
     add_paired_differences(rows)
     write_json(rows, args.json)
     print(format_table(rows))
@@ -72,7 +97,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         low, high = row["score_ci95"]
         paired = row["paired_vs_baseline"]
-        lines.append(f"| {row['delay_steps']} | {'real-time chunking' if row['real_time_chunking'] else 'plain'} | "
+        lines.append(f"| {row['delay_steps']} | {LABELS[_execution_of(row)]} | "
                      f"{row['mean_score']:.3f} ({low:.3f}-{high:.3f}) | {paired['mean']:+.3f} +- "
                      f"{paired['half_width_95']:.3f} | {row['switch_jump_mean']:.1f} / {row['switch_jump_max']:.1f} | "
                      f"{row['step_mean']:.1f} |")
@@ -82,8 +107,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def plot_delays(rows: list[dict[str, Any]], path: str | Path) -> None:
     """Mean score (95% CI) and the mean jump at chunk switches against delay, one line per execution."""
     with saved_figure(path, ncols=2, figsize=(10, 3.8)) as (score_axis, jump_axis):
-        for chunking, label in ((False, "plain delayed execution"), (True, "real-time chunking")):
-            mine = [row for row in rows if row["real_time_chunking"] == chunking]
+        for name, label in LABELS.items():
+            mine = [row for row in rows if _execution_of(row) == name]
+            if not mine:
+                continue
             delays = [row["delay_steps"] for row in mine]
             means = np.array([row["mean_score"] for row in mine])
             errors = np.array([[m - row["score_ci95"][0], row["score_ci95"][1] - m] for m, row in zip(means, mine)]).T

@@ -10,6 +10,10 @@ In real time (the default) a chunk starts executing only once it is ready, so th
 latency costs score where inference is slow; `--lockstep` runs the simulation on simulated time
 and waits for each chunk (config/lockstep.yaml), which executes chunks exactly as `paradigms-policy
 eval` does and so gives the same score for the same seeds, whatever the computer.
+
+The simulation publishes what the policy observes: the keypoints, or for an image policy (one
+whose checkpoint has image keys) the camera frame (sensor_msgs/Image) and the agent position,
+stamped alike, which the policy node pairs by stamp (`ros/demo_nodes.py`).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from ..resources import CPU_OVERLAY, default_params_files, lockstep_params_file
 
 PROG = "paradigms-policy demo"
 SIM_TIMING = ("max_steps", "control_rate", "reset_pause_s", "lockstep", "lockstep_timeout_s", "max_real_time_factor")
+SIM_OBSERVATION = ("observation", "image_topic", "image_size")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -138,18 +143,20 @@ def summary_lines(rows: list[dict[str, Any]], stats: dict[str, Any], log: list[d
     a50, a99 = latency_percentiles(log, "ready_age_s")
     scores = [r["score"] for r in rows]
     rounds = "n/a" if stats["rounds_mean"] is None else format(stats["rounds_mean"], ".1f")
+    frames = f", {stats['frames_rejected']} frames rejected" if "frames_rejected" in stats else ""
     return [f"mean score {sum(scores) / len(scores):.3f}, success {sum(r['success'] for r in rows)}/{len(rows)}",
             f"latency per chunk: inference p50 {_fmt_ms(p50)}, p99 {_fmt_ms(p99)}; observation to ready "
             f"p50 {_fmt_ms(a50)}, p99 {_fmt_ms(a99)}; {stats['chunks_published']} chunks published, "
             f"{stats['deadline_misses']} deadline misses, mean rounds {rounds}, "
-            f"{stats['observations_rejected']} observations rejected"]
+            f"{stats['observations_rejected']} observations rejected{frames}"]
 
 
-def summary_document(rows, stats, log, lockstep: bool, files: list[str]) -> dict[str, Any]:
+def summary_document(rows, stats, log, lockstep: bool, files: list[str], observation: str) -> dict[str, Any]:
     p50, p99 = latency_percentiles(log)
     scores = [r["score"] for r in rows]
     return {"sampler": stats["sampler"], "window": stats["window"], "tolerance": stats["tolerance"],
-            "device": stats["device"], "lockstep": lockstep, "params_files": [str(f) for f in files],
+            "device": stats["device"], "lockstep": lockstep, "observation": observation,
+            "frames_rejected": stats.get("frames_rejected", 0), "params_files": [str(f) for f in files],
             "episodes": len(rows), "mean_score": sum(scores) / len(scores),
             "success_rate": sum(r["success"] for r in rows) / len(rows), "latency_p50_ms": _ms(p50),
             "latency_p99_ms": _ms(p99), "chunks_published": stats["chunks_published"],
@@ -179,10 +186,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_episodes(args: argparse.Namespace, nodes, files: list[str]) -> int:
     session, policy = nodes.session, nodes.policy
+    sim = nodes.sim_parameters(*SIM_TIMING, *SIM_OBSERVATION)
+    observed = "keypoints" if sim["observation"] == "keypoints" else \
+        f"{sim['image_size']}x{sim['image_size']} frames on '{sim['image_topic']}' and the agent position"
     print(f"demo: ROS domain {session.domain_id} ({session.discovery_range} discovery), sampler "
-          f"{policy.sampler_choice.describe()} on {policy.policy.device}, {args.episodes} episode(s) from seed "
-          f"{args.seed}, parameters from {', '.join(map(str, files))}")
-    sim = nodes.sim_parameters(*SIM_TIMING)
+          f"{policy.sampler_choice.describe()} on {policy.policy.device}, observing {observed}, {args.episodes} "
+          f"episode(s) from seed {args.seed}, parameters from {', '.join(map(str, files))}")
     rows = []
     try:
         for result, chunks in nodes.episodes(args.episodes, timeout_s(sim, args.episodes)):
@@ -193,7 +202,7 @@ def _run_episodes(args: argparse.Namespace, nodes, files: list[str]) -> int:
     stats, log = policy.statistics(), policy.ledger.records()
     print("\n".join(summary_lines(rows, stats, log)))
     if args.json:
-        document = summary_document(rows, stats, log, bool(sim["lockstep"]), files)
+        document = summary_document(rows, stats, log, bool(sim["lockstep"]), files, sim["observation"])
         Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0

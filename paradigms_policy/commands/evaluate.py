@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..resources import shipped_checkpoint
+from ..vision import image_input
 from .options import add_sampler_options, add_scheduler_options, parallel_options, sampler_specs, scheduler_overrides
 from .output import saved_figure, write_json
 
@@ -52,6 +53,9 @@ def add_arguments(parser) -> None:
                         help="plan a new chunk every this many steps (default: the checkpoint's n_action_steps)")
     parser.add_argument("--real-time-chunking", action="store_true",
                         help="inpaint each new chunk with the actions committed while it is computed")
+    parser.add_argument("--soft-overlap", action="store_true",
+                        help="with --real-time-chunking: also pull the rest of the running chunk's overlap, with "
+                             "RTC's decaying weights (soft inpainting)")
     add_scheduler_options(parser)
     add_sampler_options(parser)
 
@@ -62,7 +66,10 @@ def run(args) -> int:
     checkpoint = args.checkpoint or shipped_checkpoint()
     specs = sampler_specs(args.sampler, parallel_options(args))
     execution = {name: value for name, value in (("delay_steps", args.delay_steps), ("replan_every", args.replan_every),
-                                                 ("real_time_chunking", args.real_time_chunking)) if value}
+                                                 ("real_time_chunking", args.real_time_chunking),
+                                                 ("soft_overlap", args.soft_overlap)) if value}
+    if args.soft_overlap and not args.real_time_chunking:
+        raise ValueError("--soft-overlap needs --real-time-chunking")
     seeds = list(range(args.seed, args.seed + args.episodes))
     episode_log = args.episode_log or (f"{args.json}.episodes.jsonl" if args.json else None)
     summaries = evaluate(checkpoint, [(spec.name, spec.options) for spec in specs], seeds, workers=args.workers,
@@ -80,7 +87,7 @@ def run(args) -> int:
 
 def run_episode(policy, seed: int, max_steps: int = MAX_EPISODE_STEPS, video_path: str | Path | None = None,
                 delay_steps: int = 0, replan_every: int | None = None,
-                real_time_chunking: bool = False) -> dict[str, Any]:
+                real_time_chunking: bool = False, soft_overlap: bool = False) -> dict[str, Any]:
     """One Push-T episode; returns its score, success, per-chunk sampler statistics and smoothness.
 
     By default the protocol of the paper: plan from the observation at step t, execute its
@@ -90,7 +97,8 @@ def run_episode(policy, seed: int, max_steps: int = MAX_EPISODE_STEPS, video_pat
     holding the agent still, fill the gap), and actions delay_steps .. delay_steps + replan_every - 1
     of it are executed. real_time_chunking: each new chunk is inpainted with the actions that are
     committed when it is planned (the last executed one and the delay_steps that run before it
-    arrives), so it continues them.
+    arrives), so it continues them; soft_overlap: the rest of the running chunk's actions that overlap
+    the new one are inpainted too, with weights decaying from 1 (soft inpainting, `inpainting.soft_weights`).
     """
     import torch
 
@@ -101,7 +109,8 @@ def run_episode(policy, seed: int, max_steps: int = MAX_EPISODE_STEPS, video_pat
     policy.reset()
     try:
         observation = env.reset(seed=seed)
-        history = deque([observation] * policy.config.n_obs_steps, maxlen=policy.config.n_obs_steps)
+        history = deque([step_observation(policy.config, env, observation)] * policy.config.n_obs_steps,
+                        maxlen=policy.config.n_obs_steps)
         generator = torch.Generator().manual_seed(seed)
         player = ChunkPlayer(delay_steps, replan_every, hold=observation[-2:])
         coverages, outputs, frames = [], [], []
@@ -109,11 +118,12 @@ def run_episode(policy, seed: int, max_steps: int = MAX_EPISODE_STEPS, video_pat
         while not done and len(coverages) < max_steps:
             step = len(coverages)
             if step % replan_every == 0:
-                options = commitment_options(policy, player, step) if real_time_chunking else {}
-                outputs.append(policy.predict(np.stack(history), generator=generator, **options))
-                player.receive(step, policy.executed_actions(outputs[-1].action_horizon, delay_steps + replan_every))
+                options = commitment_options(policy, player, step, soft_overlap) if real_time_chunking else {}
+                outputs.append(policy.predict(observation_window(history), generator=generator, **options))
+                player.receive(step, policy.executed_actions(outputs[-1].action_horizon,
+                                                             policy.config.max_executed_actions))
             observation, coverage, done, _ = env.step(player.next_action(step))
-            history.append(observation)
+            history.append(step_observation(policy.config, env, observation))
             coverages.append(coverage)
             if video_path is not None:
                 frames.append(env.render()[::2, ::2])
@@ -126,6 +136,26 @@ def run_episode(policy, seed: int, max_steps: int = MAX_EPISODE_STEPS, video_pat
         env.close()
     return {"seed": seed, "score": float(score), "success": bool(success), "max_coverage": float(max(coverages)),
             "steps": len(coverages), **chunk_statistics(outputs), **player.smoothness()}
+
+
+def step_observation(config, env, observation: np.ndarray):
+    """One step of the policy's input: the 20-value observation, or for an image policy {camera: the frame
+    gym-pusht draws at the camera's size (`vision.image_input`), low-dim key: the agent position}."""
+    if not config.image_keys:
+        return observation
+    cameras = [spec for spec in config.observations if spec.kind == "image"]
+    if len(cameras) != 1 or config.obs_dim != 2 or cameras[0].shape[1] != cameras[0].shape[2]:
+        raise ValueError("the Push-T harness has one square camera and the agent position (2 values); this policy "
+                         f"observes {[(spec.key, list(spec.shape)) for spec in config.observations]}")
+    return {cameras[0].key: image_input(env.frame(cameras[0].shape[1])),
+            config.low_dim_keys[0]: observation[-2:].astype(np.float32)}
+
+
+def observation_window(history):
+    """The window of step observations: (n_obs_steps, obs_dim), or per key (n_obs_steps, *shape)."""
+    if isinstance(history[0], dict):
+        return {key: np.stack([step[key] for step in history]) for key in history[0]}
+    return np.stack(history)
 
 
 def chunk_statistics(outputs) -> dict[str, Any]:
@@ -146,6 +176,7 @@ class ChunkPlayer:
     def __init__(self, delay_steps: int, replan_every: int, hold: np.ndarray):
         self.delay_steps, self.replan_every = delay_steps, replan_every
         self.planned: dict[int, np.ndarray] = {}  # step -> action
+        self.predicted: dict[int, np.ndarray] = {}  # step -> the newest chunk's action for it, executed or not
         self.executed: list[np.ndarray] = []
         self.switches: list[int] = []  # steps whose action was a new chunk's first
         self.hold = np.asarray(hold, dtype=np.float64)
@@ -160,10 +191,20 @@ class ChunkPlayer:
             actions.append(upcoming)
         return actions
 
+    def overlap(self, step: int) -> list[np.ndarray]:
+        """The newest chunk's actions for the steps after those `committed(step)` returns, as far as it reaches."""
+        actions, due = [], step + self.delay_steps
+        while due in self.predicted:
+            actions.append(self.predicted[due])
+            due += 1
+        return actions
+
     def receive(self, step: int, ahead: np.ndarray) -> None:
-        """A chunk planned at `step` (its actions from that step on) replaces the plan from step + delay on."""
+        """A chunk planned at `step` (its actions from that step on, at least delay + replan_every of them)
+        replaces the plan from step + delay on."""
         first = step + self.delay_steps
         self.planned.update({first + j: ahead[self.delay_steps + j] for j in range(self.replan_every)})
+        self.predicted = {step + j: action for j, action in enumerate(ahead)}
         self.switches.append(first)
 
     def next_action(self, step: int) -> np.ndarray:
@@ -183,17 +224,24 @@ class ChunkPlayer:
                 "step_mean": float(np.mean(within)) if within else 0.0}
 
 
-def commitment_options(policy, player: ChunkPlayer, step: int) -> dict[str, Any]:
-    """Sampler options that inpaint the player's committed actions at their places in the new chunk's horizon.
+def commitment_options(policy, player: ChunkPlayer, step: int, soft_overlap: bool = False) -> dict[str, Any]:
+    """Sampler options that inpaint the player's committed actions at their places in the new chunk's horizon
+    (and with soft_overlap the rest of the running chunk's overlap, with decaying weights).
 
     Horizon position n_obs_steps - 1 is the newest observation's step, so the last executed action
     sits one before it.
     """
+    from ..samplers.inpainting import soft_weights
+
     actions = player.committed(step)
     if not actions:
         return {}
     first = policy.config.n_obs_steps - 1 - (1 if player.executed else 0)
-    return policy.commitment(np.stack(actions), first)
+    if not soft_overlap:
+        return policy.commitment(np.stack(actions), first)
+    overlap = player.overlap(step)[: policy.config.horizon - first - len(actions)]
+    options = policy.commitment(np.stack(actions + overlap), first)
+    return {**options, "committed_weights": soft_weights(len(actions), len(actions) + len(overlap))}
 
 
 def checked_replan_every(config, delay_steps: int = 0, replan_every: int | None = None) -> int:

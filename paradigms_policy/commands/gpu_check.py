@@ -263,8 +263,9 @@ def loop_sampler(policy: DiffusionPolicy) -> Callable[..., tuple[torch.Tensor, A
 
 
 def time_chunks(solver: Solver, source: ChunkSource, budget_s: float, warmup: int = 2,
-                least: int = TINY_CHUNKS) -> list[tuple[torch.Tensor, Any, float]]:
-    """(answer, stats, seconds) per chunk after `warmup` untimed ones; stops early when the budget runs out."""
+                least: int = TINY_CHUNKS) -> list[tuple[torch.Tensor, Any, float, float | None]]:
+    """`ChunkSource.solve`'s (answer, stats, seconds, encoding seconds) per chunk after `warmup` untimed ones; stops
+    early when the budget runs out."""
     started = time.monotonic()
     for index in range(warmup):
         source.solve(solver.policy, index % len(source), solver.sample)
@@ -276,7 +277,7 @@ def time_chunks(solver: Solver, source: ChunkSource, budget_s: float, warmup: in
     return timings
 
 
-def summarize(timings: list[tuple[torch.Tensor, Any, float]]) -> dict[str, Any]:
+def summarize(timings: list[tuple[torch.Tensor, Any, float, float | None]]) -> dict[str, Any]:
     seconds = np.array([row[2] for row in timings])
     rounds = np.array([row[1].rounds for row in timings])
     return {"chunks": len(timings), "latency_p50_ms": 1000 * float(np.median(seconds)),
@@ -300,7 +301,7 @@ def deviation(policy: DiffusionPolicy, timings: list, source: ChunkSource, varia
         exact = DiffusionPolicy(config, policy.model, policy.obs_normalizer, policy.action_normalizer, device=policy.device)
         subset = ChunkSource(source.observations[:count], source.seed)
         _REFERENCES[key] = float64_references(exact, subset, progress=False)
-    errors = [float((answer - reference).abs().max()) for (answer, _, _), reference in zip(timings, _REFERENCES[key])]
+    errors = [float((row[0] - reference).abs().max()) for row, reference in zip(timings, _REFERENCES[key])]
     return {"max_abs_dev": max(errors), "median_abs_dev": float(np.median(errors)), "reference_chunks": count}
 
 

@@ -1,8 +1,12 @@
-"""Training a low-dim Diffusion Policy on the Push-T demonstrations.
+"""Training a Diffusion Policy on the Push-T demonstrations: low-dim (keypoints) or image (frames).
 
 Objective (DDPM, epsilon prediction): for a demonstration window with normalised actions a and
 observation condition c, draw t ~ U{0..T-1} and noise e ~ N(0, I), and minimise
 || eps(scheduler.add_noise(a, e, t), t, c) - e ||^2, add_noise being sqrt(abar_t) a + sqrt(1 - abar_t) e.
+The low-dim condition is the normalised, flattened observation window; the image condition is the
+observation encoder's output (`vision.ObservationEncoder`, trained jointly with the U-Net) for the
+window's frames, each randomly cropped to `crop_size` (the policy centre-crops at evaluation), and
+its normalised agent positions.
 
 Recipe as Diffusion Policy: AdamW (lr 1e-4, betas 0.95/0.999, weight decay 1e-6), cosine schedule
 with 500 warm-up steps, EMA of the weights (power 0.75, max decay 0.9999), batch 256. Checkpoints
@@ -16,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +32,16 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from ..checkpoint import save_policy
-from ..config import PolicyConfig, SchedulerConfig
+from ..config import ObservationSpec, PolicyConfig, SchedulerConfig, VisionConfig
 from ..model import ConditionalUnet1D
 from ..normalizer import AffineNormalizer
 from ..policy import resolve_device
 from ..schedulers import make_scheduler
+from ..vision import ObservationEncoder
+
+OBSERVATIONS = ("low_dim", "image")
+# Frames are fed in [0, 1] and mapped to [-1, 1] by the encoder, as Diffusion Policy normalises images.
+IMAGE_SCALE, IMAGE_OFFSET = 2.0, -1.0
 
 RESUME_FILE = "train_state.pt"
 
@@ -61,17 +70,21 @@ class TrainConfig:
     kernel_size: int = 5
     n_groups: int = 8
     episodes: list[int] | None = field(default=None)
+    observation: str = "low_dim"  # or "image": frames + agent position, with the encoder below
+    vision_width: int = 16  # ResNet-18's conv1 channels (64 in the originals)
+    vision_feature_dim: int = 64
+    vision_keypoints: int = 32
+    crop_size: int = 84
 
 
 def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
     """Train (or continue training) and return the directory of the final checkpoint."""
-    from ..pusht.dataset import PushTLowdimDataset
-
+    if config.observation not in OBSERVATIONS:
+        raise ValueError(f"observation must be one of {', '.join(OBSERVATIONS)} (got {config.observation!r})")
     rank, world_size = _init_distributed()
     device = _device_for_rank(config.device, world_size)
     output = Path(config.output_dir)
-    dataset = PushTLowdimDataset(config.zarr_path, config.horizon, config.n_obs_steps, config.n_action_steps,
-                                 episodes=config.episodes)
+    dataset = _dataset(config, progress and rank == 0)
     normalizers = _normalizers(dataset.statistics())
     policy_config = _policy_config(config, normalizers[0].dim, normalizers[1].dim)
     torch.manual_seed(config.seed)
@@ -91,7 +104,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
     started = time.time()
     while step < config.steps:
         batch = dataset.batch(generator.integers(0, len(dataset), size=config.batch_size))
-        loss = diffusion_loss(trainer, noise_scheduler, normalizers, batch["obs"][:, : config.n_obs_steps].to(device),
+        loss = diffusion_loss(trainer, noise_scheduler, normalizers, _observations(batch, config, generator, device),
                               batch["action"].to(device))
         state.step(loss)
         step += 1
@@ -110,15 +123,74 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
 
 
 def diffusion_loss(denoiser, noise_scheduler, normalizers: tuple[AffineNormalizer, AffineNormalizer],
-                   obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """The epsilon-prediction loss of a batch of raw observation windows (B, n_obs_steps, obs_dim) and
-    action windows (B, horizon, action_dim): noise then timesteps are drawn from torch's global generator."""
+                   obs, actions: torch.Tensor) -> torch.Tensor:
+    """The epsilon-prediction loss of a batch of raw observation windows and action windows (B, horizon,
+    action_dim): noise then timesteps are drawn from torch's global generator.
+
+    obs is (B, n_obs_steps, obs_dim), or for an image policy (frames (B, n_obs_steps, C, h, w) in [0, 1],
+    low-dim (B, n_obs_steps, obs_dim)); the denoiser is called (noisy, timesteps, condition) with the
+    normalised, flattened window, or with (frames, normalised low-dim) for its encoder."""
     obs_normalizer, action_normalizer = normalizers
     clean = action_normalizer.normalize(actions)
     noise = torch.randn_like(clean)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
     noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-    return F.mse_loss(denoiser(noisy, timesteps, obs_normalizer.normalize(obs).flatten(1)), noise)
+    if isinstance(obs, tuple):
+        condition = (obs[0], obs_normalizer.normalize(obs[1]))
+    else:
+        condition = obs_normalizer.normalize(obs).flatten(1)
+    return F.mse_loss(denoiser(noisy, timesteps, condition), noise)
+
+
+class Networks(torch.nn.Module):
+    """What a training step runs: the U-Net (`model.`) and, for an image policy, its observation encoder
+    (`obs_encoder.`), called as one module so that DistributedDataParallel and the EMA see both."""
+
+    def __init__(self, policy_config: PolicyConfig):
+        super().__init__()
+        self.model = ConditionalUnet1D.from_config(policy_config.unet)
+        self.obs_encoder = None
+        if policy_config.image_keys:
+            self.obs_encoder = ObservationEncoder(policy_config.observations, policy_config.vision)
+            self.obs_encoder.image_scale.fill_(IMAGE_SCALE)
+            self.obs_encoder.image_offset.fill_(IMAGE_OFFSET)
+        self.image_key = policy_config.image_keys[0] if policy_config.image_keys else None
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, condition) -> torch.Tensor:
+        if self.obs_encoder is not None:
+            frames, low_dim = condition
+            condition = self.obs_encoder({self.image_key: frames}, low_dim)
+        return self.model(noisy, timesteps, condition)
+
+
+def _dataset(config: TrainConfig, progress: bool):
+    from ..pusht.dataset import PushTLowdimDataset
+    from ..pusht.image_dataset import PushTImageDataset
+
+    if config.observation == "image":
+        return PushTImageDataset(config.zarr_path, config.horizon, config.n_obs_steps, config.n_action_steps,
+                                 episodes=config.episodes, progress=progress)
+    return PushTLowdimDataset(config.zarr_path, config.horizon, config.n_obs_steps, config.n_action_steps,
+                              episodes=config.episodes)
+
+
+def _observations(batch: dict, config: TrainConfig, generator: np.random.Generator, device: torch.device):
+    """The batch's observation windows as diffusion_loss takes them (frames randomly cropped, in [0, 1])."""
+    if config.observation != "image":
+        return batch["obs"][:, : config.n_obs_steps].to(device)
+    from ..pusht.image_dataset import AGENT_POS_KEY, IMAGE_KEY
+
+    frames = random_crop(batch[IMAGE_KEY], config.crop_size, generator)
+    return frames.to(device).float().div_(255.0), batch[AGENT_POS_KEY][:, : config.n_obs_steps].to(device)
+
+
+def random_crop(frames: torch.Tensor, size: int, generator: np.random.Generator) -> torch.Tensor:
+    """A size x size crop of every frame (..., C, H, W) at its own uniformly drawn offset."""
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    tops = generator.integers(0, flat.shape[-2] - size + 1, size=len(flat))
+    lefts = generator.integers(0, flat.shape[-1] - size + 1, size=len(flat))
+    crops = torch.stack([image[:, top:top + size, left:left + size] for image, top, left in zip(flat, tops, lefts)])
+    return crops.reshape(*frames.shape[:-2], size, size)
 
 
 def _normalizers(statistics: dict) -> tuple[AffineNormalizer, AffineNormalizer]:
@@ -128,25 +200,34 @@ def _normalizers(statistics: dict) -> tuple[AffineNormalizer, AffineNormalizer]:
 
 
 def _policy_config(config: TrainConfig, obs_dim: int, action_dim: int) -> PolicyConfig:
-    return PolicyConfig.for_shapes(
-        obs_dim, action_dim, config.horizon, config.n_obs_steps, config.n_action_steps, scheduler=SchedulerConfig(),
-        down_dims=config.down_dims, diffusion_step_embed_dim=config.diffusion_step_embed_dim,
-        kernel_size=config.kernel_size, n_groups=config.n_groups,
-    )
+    unet = dict(down_dims=config.down_dims, diffusion_step_embed_dim=config.diffusion_step_embed_dim,
+                kernel_size=config.kernel_size, n_groups=config.n_groups)
+    low_dim = PolicyConfig.for_shapes(obs_dim, action_dim, config.horizon, config.n_obs_steps, config.n_action_steps,
+                                      scheduler=SchedulerConfig(), **unet)
+    if config.observation != "image":
+        return low_dim
+    from ..pusht.image_dataset import AGENT_POS_KEY, IMAGE_KEY, IMAGE_SHAPE
+
+    vision = VisionConfig(width=config.vision_width, feature_dim=config.vision_feature_dim,
+                          num_keypoints=config.vision_keypoints, crop_shape=(config.crop_size, config.crop_size))
+    observations = (ObservationSpec(IMAGE_KEY, IMAGE_SHAPE, "image"), ObservationSpec(AGENT_POS_KEY, (obs_dim,)))
+    condition = (obs_dim + vision.feature_dim) * config.n_obs_steps
+    return replace(low_dim, unet=replace(low_dim.unet, global_cond_dim=condition), observations=observations,
+                   vision=vision)
 
 
 @dataclass
 class _Optimisation:
     """The model, the EMA of its weights, the optimiser and the learning-rate schedule of a run."""
 
-    model: ConditionalUnet1D
+    model: Networks
     ema: EMAModel
     optimizer: torch.optim.Optimizer
     lr_schedule: torch.optim.lr_scheduler.LRScheduler
 
     @classmethod
     def create(cls, config: TrainConfig, policy_config: PolicyConfig, device: torch.device) -> "_Optimisation":
-        model = ConditionalUnet1D.from_config(policy_config.unet).to(device)
+        model = Networks(policy_config).to(device)
         ema = EMAModel(model.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0,
                        power=config.ema_power)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(0.95, 0.999),
@@ -177,12 +258,13 @@ class _Optimisation:
     def save(self, output: Path, step: int, policy_config: PolicyConfig, normalizers, metadata: dict,
              keep_checkpoint: bool) -> None:
         """The EMA weights as the final (and, if kept, a numbered) checkpoint, then the resume state."""
-        ema_model = ConditionalUnet1D.from_config(self.model.config)
+        ema_model = Networks(policy_config)
         ema_model.load_state_dict(self.model.state_dict())
         self.ema.copy_to(ema_model.parameters())
+        weights = (ema_model.model, *normalizers, metadata, ema_model.obs_encoder)
         if keep_checkpoint:
-            save_policy(output / "checkpoints" / f"step_{step:07d}", policy_config, ema_model, *normalizers, metadata)
-        save_policy(output / "final", policy_config, ema_model, *normalizers, metadata)
+            save_policy(output / "checkpoints" / f"step_{step:07d}", policy_config, *weights)
+        save_policy(output / "final", policy_config, *weights)
         # Written to a temporary file and moved into place, so a crash leaves the old one.
         staging = (output / RESUME_FILE).with_suffix(".tmp")
         torch.save({"model": self.model.state_dict(), "ema": self.ema.state_dict(),

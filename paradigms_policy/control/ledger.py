@@ -3,7 +3,8 @@
 Thread-safe: the executor thread records observations and reads statistics while the inference
 thread records chunks. A chunk record is a flat dict: stamp_ns, latency_s, ready_age_s, rounds,
 model_evals, converged, round_cap, published, and first_index and points when published or miss
-(one of MISS_KINDS) when not.
+(one of MISS_KINDS) when not. With `frames` (an image policy's node) it also counts the camera
+frames received, accepted and rejected by reason (FRAME_REJECT_REASONS, see control/camera_sync.py).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import threading
 from collections import deque
 from typing import Any
 
-from .observations import REJECT_REASONS, Verdict
+from .observations import FRAME_REJECT_REASONS, REJECT_REASONS, Verdict
 from .statistics import RollingStats
 from .timing import NS_PER_S, TimedChunk
 
@@ -27,13 +28,24 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1000.0
 
 
+def _tally(counters: dict[str, int], rejected: dict[str, int], what: str, verdict: Verdict) -> None:
+    """One more `what`_received, and one more `what`_accepted or one more rejection for the verdict's reason."""
+    counters[f"{what}_received"] += 1
+    if verdict.accepted:
+        counters[f"{what}_accepted"] += 1
+    else:
+        rejected[verdict.reason] += 1
+
+
 class ChunkLedger:
     """What the node has received, computed and published since it started."""
 
-    def __init__(self, log_length: int = CHUNK_LOG_LENGTH, samples: int = 1000):
+    def __init__(self, log_length: int = CHUNK_LOG_LENGTH, samples: int = 1000, frames: bool = False):
         self._lock = threading.Lock()
         self._counters = dict.fromkeys(COUNTERS, 0)
         self._rejected = dict.fromkeys(REJECT_REASONS, 0)
+        self._frames = dict.fromkeys(("frames_received", "frames_accepted"), 0) if frames else None
+        self._frames_rejected = dict.fromkeys(FRAME_REJECT_REASONS, 0)
         self._latency = RollingStats(samples)  # inference (predict), seconds
         self._ready_age = RollingStats(samples)  # observation stamp -> chunk ready, seconds
         self._rounds = RollingStats(samples)
@@ -43,11 +55,12 @@ class ChunkLedger:
     # -- recording -------------------------------------------------------------------------------
     def observation(self, verdict: Verdict) -> None:
         with self._lock:
-            self._counters["observations_received"] += 1
-            if verdict.accepted:
-                self._counters["observations_accepted"] += 1
-            else:
-                self._rejected[verdict.reason] += 1
+            _tally(self._counters, self._rejected, "observations", verdict)
+
+    def frame(self, verdict: Verdict) -> None:
+        """A camera frame and its verdict (a ledger made with `frames`)."""
+        with self._lock:
+            _tally(self._frames, self._frames_rejected, "frames", verdict)
 
     def count(self, counter: str) -> None:
         """One more of `counter` (inference_errors, windows_not_contiguous, chunks_abandoned)."""
@@ -110,11 +123,15 @@ class ChunkLedger:
             return (list(self._log)[len(self._log) - new:] if new > 0 else []), self._logged
 
     def statistics(self) -> dict[str, Any]:
-        """Counters, rejections by reason and latency statistics (latencies in milliseconds)."""
+        """Counters, rejections by reason (of frames too, with `frames`) and latency statistics (latencies
+        in milliseconds)."""
         with self._lock:
             stats: dict[str, Any] = dict(self._counters)
             stats.update({f"rejected_{reason}": count for reason, count in self._rejected.items()})
             stats["observations_rejected"] = sum(self._rejected.values())
+            if self._frames is not None:
+                stats.update(self._frames, frames_rejected=sum(self._frames_rejected.values()))
+                stats.update({f"frames_rejected_{reason}": n for reason, n in self._frames_rejected.items()})
             stats.update(latency_p50_ms=_ms(self._latency.p50()), latency_p99_ms=_ms(self._latency.p99()),
                          latency_max_ms=_ms(self._latency.max()), ready_age_p50_ms=_ms(self._ready_age.p50()),
                          ready_age_p99_ms=_ms(self._ready_age.p99()), rounds_p50=self._rounds.p50(),

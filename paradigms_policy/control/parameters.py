@@ -9,6 +9,7 @@ from typing import Any, Iterable
 from ..samplers import PARALLEL_SAMPLERS, SAMPLERS, paradigms, parataa
 
 OBSERVATION_TYPES = ("joint_state", "float32_multi_array")
+SIM_OBSERVATIONS = ("keypoints", "image")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 SCHEDULER_CHOICES = ("", "ddpm", "ddim", "dpmsolver")
 
@@ -68,6 +69,12 @@ POLICY_NODE_PARAMETERS: tuple[ParamSpec, ...] = (
               "unstamped: the arrival time is used and age/order cannot be judged).",
               constraints="joint_state or float32_multi_array"),
     ParamSpec("observation_topic", "observation", "Observation input topic (relative, remappable)."),
+    ParamSpec("image_topics", [], "Image policies: the sensor_msgs/Image topic (rgb8 or bgr8) of each camera, in "
+              "the order of the policy's image keys (relative, remappable); empty = each key's name, characters a "
+              "topic cannot hold as '_' (Push-T: 'image'). The joint state's position holds the low-dim keys."),
+    ParamSpec("image_stamp_tolerance_ms", 20.0, "Image policies: a frame belongs to the joint state whose "
+              "header.stamp is at most this far from its own; the newest joint state with a frame of every camera "
+              "within it becomes a window step, stamped as the joint state.", minimum=0.0, maximum=1000.0),
     ParamSpec("trajectory_topic", "joint_trajectory", "trajectory_msgs/JointTrajectory output topic (reliable)."),
     ParamSpec("joint_names", ["agent_x", "agent_y"], "Joint names of the trajectory, one per action dimension."),
     ParamSpec("action_min", [0.0, 0.0], "Lower bound of each action dimension; positions are clipped to it."),
@@ -91,6 +98,13 @@ SIM_NODE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("observation_type", "joint_state", "Observation message: joint_state or float32_multi_array.",
               constraints="joint_state or float32_multi_array"),
     ParamSpec("observation_topic", "observation", "Observation output topic (relative, remappable)."),
+    ParamSpec("observation", "keypoints", "What the policy observes: keypoints (the 20-value keypoint layout on "
+              "observation_topic) or image (the camera frame as sensor_msgs/Image rgb8 on image_topic, and the "
+              "agent position, 2 values, on observation_topic, both with the same header.stamp; needs "
+              "observation_type joint_state).", constraints="keypoints or image"),
+    ParamSpec("image_topic", "image", "observation image: the camera frame's topic (relative, remappable)."),
+    ParamSpec("image_size", 96, "observation image: the frame's height and width in pixels (the image policy's; "
+              "Push-T's demonstrations: 96).", minimum=8, maximum=1024),
     ParamSpec("trajectory_topic", "joint_trajectory", "Trajectory input topic (relative, remappable)."),
     ParamSpec("score_topic", "episode_score", "std_msgs/Float32 episode score output topic (relative)."),
     ParamSpec("joint_names", ["agent_x", "agent_y"], "Trajectory joint names of the agent's x and y target."),
@@ -166,6 +180,10 @@ def validate_policy_parameters(values: dict[str, Any]) -> list[str]:
     for name in ("observation_topic", "trajectory_topic"):
         if name in v and not v[name].strip():
             problems.append(f"{name} must not be empty")
+    if "image_topics" in v:
+        topics = list(v["image_topics"])
+        if any(not isinstance(t, str) or not t.strip() for t in topics) or len(set(topics)) != len(topics):
+            problems.append(f"image_topics must be distinct non-empty topic names (got {topics!r})")
     if "joint_names" in v:
         names = list(v["joint_names"])
         if not names or any(not isinstance(n, str) or not n.strip() for n in names):
@@ -203,6 +221,25 @@ def validate_against_policy(values: dict[str, Any], action_dim: int, horizon: in
     return problems
 
 
+def validate_cameras(values: dict[str, Any], config) -> list[str]:
+    """Problems of the camera parameters for this policy (`config`: its image keys and their shapes)."""
+    keys = list(config.image_keys)
+    topics = list(values.get("image_topics", []))
+    if not keys:
+        return [f"image_topics is set ({topics!r}) but the policy takes no images"] if topics else []
+    problems = []
+    if values.get("observation_type") != "joint_state":
+        problems.append("an image policy needs observation_type joint_state: each frame is matched to a joint state "
+                        "by header stamps, and its position holds the low-dim keys "
+                        f"(got {values.get('observation_type')!r})")
+    if topics and len(topics) != len(keys):
+        problems.append(f"image_topics has {len(topics)} entries but the policy has the image keys {keys}")
+    channels = {spec.key: spec.shape[0] for spec in config.observations if spec.kind == "image"}
+    if any(count != 3 for count in channels.values()):
+        problems.append(f"the node takes rgb8 or bgr8 frames (3 channels), the image keys have {channels}")
+    return problems
+
+
 def validate_sim_parameters(values: dict[str, Any]) -> list[str]:
     problems = check_ranges(values, SIM_NODE_PARAMETERS)
     if problems:
@@ -210,7 +247,12 @@ def validate_sim_parameters(values: dict[str, Any]) -> list[str]:
     if "observation_type" in values and values["observation_type"] not in OBSERVATION_TYPES:
         problems.append(f"observation_type must be one of {', '.join(OBSERVATION_TYPES)} "
                         f"(got {values['observation_type']!r})")
-    for name in ("observation_topic", "trajectory_topic", "score_topic"):
+    if "observation" in values and values["observation"] not in SIM_OBSERVATIONS:
+        problems.append(f"observation must be one of {', '.join(SIM_OBSERVATIONS)} (got {values['observation']!r})")
+    elif values.get("observation") == "image" and values.get("observation_type") != "joint_state":
+        problems.append("observation image needs observation_type joint_state: the frame and the agent position "
+                        "share a header.stamp")
+    for name in ("observation_topic", "trajectory_topic", "score_topic", "image_topic"):
         if name in values and not values[name].strip():
             problems.append(f"{name} must not be empty")
     names = list(values.get("joint_names", ["x", "y"]))

@@ -142,6 +142,13 @@ class PushTKeypointsEnv:
         """Current state (agent x, y, block x, y, block angle in [0, 2*pi))."""
         return self._sim.get_obs()
 
+    def frame(self, size=96):
+        """The policy's camera: the scene drawn at size x size (96, as the demonstrations' data/img), HxWx3 uint8.
+
+        gym-pusht's own observation drawing (its `pixels` observation), available whatever the render mode.
+        """
+        return self._sim._get_img(self._sim._draw(), width=size, height=size)
+
     def render(self):
         """The current scene as an HxWx3 uint8 frame (680x680 by default)."""
         if not self._render_enabled:

@@ -71,11 +71,28 @@ def declare_parameters(node: Node, specs) -> dict[str, Any]:
     values = {}
     for spec in specs:
         try:
-            value = node.declare_parameter(spec.name, spec.default, descriptor_for(spec)).value
+            declare = _declare_empty_list if spec.default == [] else _declare
+            value = declare(node, spec)
         except ParameterException as err:
             raise StartupError(f"invalid parameter '{spec.name}': {err.args[0]}") from None
         values[spec.name] = plain_value(value)
     return values
+
+
+def _declare(node: Node, spec: ParamSpec) -> Any:
+    return node.declare_parameter(spec.name, spec.default, descriptor_for(spec)).value
+
+
+def _declare_empty_list(node: Node, spec: ParamSpec) -> list:
+    """A string array defaulting to []: rclpy would type an empty default as a byte array, and an empty
+    YAML list as unset, so it is declared typed, set to [] when nothing else is given, then made read-only."""
+    writable, final = descriptor_for(spec), descriptor_for(spec)  # two objects: the node keeps the one it gets
+    writable.type = final.type = Parameter.Type.STRING_ARRAY.value
+    writable.read_only = False
+    if node.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY, writable).value is None:
+        node.set_parameters([Parameter(spec.name, Parameter.Type.STRING_ARRAY, [])])
+    node.set_descriptor(spec.name, final)
+    return node.get_parameter(spec.name).value
 
 
 def parameter_values(node: Node, specs) -> dict[str, Any]:

@@ -4,7 +4,8 @@
 steps: `_declare_values` (parameters), `_bring_up` (load and check the policy, warm up, create
 the topics, start the inference thread), `_set_active` (accept observations and publish, or stop
 both at once and drop the running chunk) and `_release` (stop the thread, destroy the topics,
-drop the model). `request_stop` ends the running chunk within one network evaluation.
+drop the model). `request_stop` ends the running chunk within one network evaluation. The
+observation and camera callbacks, which build the window's steps, are in image_inputs.py.
 """
 from __future__ import annotations
 
@@ -23,21 +24,22 @@ from trajectory_msgs.msg import JointTrajectory
 
 from ..control.diagnostics import DiagnosticsReporter
 from ..control.ledger import ChunkLedger
-from ..control.observations import ObservationGate, ObservationWindow
-from ..control.parameters import POLICY_NODE_PARAMETERS, validate_against_policy, validate_policy_parameters
+from ..control.observations import ObservationGate, ObservationWindow, neutral_window, step_layout
+from ..control.parameters import (POLICY_NODE_PARAMETERS, validate_against_policy, validate_cameras,
+                                  validate_policy_parameters)
 from ..control.sampling import ChunkAbandoned, SamplerChoice, abandonable, resolve_sampler
 from ..control.statistics import RoundTimeEstimator, Throttle
 from ..control.chunking import committed_actions, planned_delay_steps
 from ..control.timing import NS_PER_MS, deadline_met, period_ns, plan_chunk, plan_rounds, should_start_inference
-from .common import (DIAGNOSTICS_QOS, JOIN_TIMEOUT_S, RELIABLE_COMMANDS, SENSOR_QOS, StartupError,
-                     declare_parameters, stamp_to_ns)
+from .common import DIAGNOSTICS_QOS, JOIN_TIMEOUT_S, RELIABLE_COMMANDS, SENSOR_QOS, StartupError, declare_parameters
+from .image_inputs import ObservationInputs
 from .messages import diagnostic_array, trajectory_message
 
 # Parameters that may be changed while the node runs (validated by the on-set callback).
 RUNTIME_PARAMETERS = {spec.name for spec in POLICY_NODE_PARAMETERS if not spec.read_only}
 
 
-class PolicyBehaviour:
+class PolicyBehaviour(ObservationInputs):
     """Observations in, timed trajectories out; mixed into a Node (see the module docstring)."""
 
     policy = None
@@ -82,8 +84,8 @@ class PolicyBehaviour:
         self.get_logger().info(
             f"policy ready: {self._describe_policy()}; sampler {self._applied.describe()}, device "
             f"{self.policy.device}, {self.n_action_steps} actions per chunk at {values['control_rate']:g} Hz, "
-            f"deadline {self._settings['deadline_ms']:g} ms; observations on "
-            f"'{self._subscription.topic_name}', trajectories on '{self._trajectory_pub.topic_name}'")
+            f"deadline {self._settings['deadline_ms']:g} ms; {self._describe_inputs()}, trajectories on "
+            f"'{self._trajectory_pub.topic_name}'")
 
     def _prepare_policy(self, values: dict[str, Any], policy) -> None:
         """Load the policy (unless given), apply the scheduler override, check the parameters against it."""
@@ -102,7 +104,7 @@ class PolicyBehaviour:
                 raise StartupError(f"invalid scheduler override {changes}: {err}") from None
         config = self.policy.config
         problems = validate_against_policy(values, config.action_dim, config.horizon, config.n_obs_steps,
-                                           config.n_action_steps)
+                                           config.n_action_steps) + validate_cameras(values, config)
         self.n_action_steps = values["n_action_steps"] or config.n_action_steps
         if self.n_action_steps < 2:
             problems.append("n_action_steps must be at least 2: action 0 is due at the observation's own stamp "
@@ -141,9 +143,10 @@ class PolicyBehaviour:
 
             self._generator = torch.Generator(device=self.policy.device).manual_seed(values["seed"])
         self._gate = ObservationGate(config.obs_dim, int(values["max_observation_age_ms"] * NS_PER_MS), self.stamped)
-        self._window = ObservationWindow(config.n_obs_steps, config.obs_dim)
+        self._window = ObservationWindow(config.n_obs_steps, config.obs_dim, step_layout(config))
         self._max_gap_ns = int(1.5 * self.period_ns)
-        self.ledger = ChunkLedger()
+        self._init_cameras(values)
+        self.ledger = ChunkLedger(frames=bool(config.image_keys))
         self._recent_ready_age: deque[int] = deque(maxlen=10)
         self._round_time = RoundTimeEstimator(10)
         self._last_round_cap: int | None = None
@@ -160,6 +163,7 @@ class PolicyBehaviour:
                 (Float32MultiArray, self._on_array)
             self._subscription = self.create_subscription(message, values["observation_topic"], callback, SENSOR_QOS,
                                                           callback_group=MutuallyExclusiveCallbackGroup())
+            frame_subscriptions = self._create_camera_subscriptions()
         except Exception as err:  # invalid topic names
             raise StartupError(f"cannot create the node's topics: {err}") from None
         if not self.stamped:
@@ -169,7 +173,8 @@ class PolicyBehaviour:
         self._diagnostics_timer = self.create_timer(1.0 / values["diagnostics_rate"], self._publish_diagnostics,
                                                     callback_group=MutuallyExclusiveCallbackGroup())
         self._entities = [(self.destroy_publisher, self._trajectory_pub), (self.destroy_publisher, self._diagnostics_pub),
-                          (self.destroy_subscription, self._subscription), (self.destroy_timer, self._diagnostics_timer)]
+                          (self.destroy_subscription, self._subscription), (self.destroy_timer, self._diagnostics_timer),
+                          *frame_subscriptions]
         self._parameters_callback = self.add_on_set_parameters_callback(self._on_set_parameters)
 
     def _describe_policy(self) -> str:
@@ -196,9 +201,8 @@ class PolicyBehaviour:
         import torch
 
         config = self.policy.config
-        # The middle of the observation normaliser's range, repeated over the window.
-        middle = self.policy.obs_normalizer.unnormalize(torch.zeros(config.obs_dim)).numpy()
-        window = np.tile(middle, (config.n_obs_steps, 1)).astype(np.float32)
+        # The middle of the observation normaliser's range (and mid-grey frames), repeated over the window.
+        window = neutral_window(config, self.policy.obs_normalizer.unnormalize(torch.zeros(config.obs_dim)).numpy())
         options = {"max_rounds": None} if self._applied.parallel else {}
         self._chunk_generation = self._generation
         if runs:
@@ -222,7 +226,7 @@ class PolicyBehaviour:
         with self._wakeup:
             self._active = active
             self._generation += 1
-            self._window.clear()
+            self._clear_observations()
             self._chunk_end_ns = None
             self._running_chunk = None
             self._wakeup.notify_all()
@@ -269,7 +273,8 @@ class PolicyBehaviour:
 
     def statistics(self) -> dict[str, Any]:
         """The ledger's counters and latencies (ms), the sampler in use and its options, the settings
-        in effect and the matched peers (observation publishers, trajectory subscribers)."""
+        in effect, the matched peers (observation publishers, trajectory subscribers) and, for an image
+        policy, its cameras (`_camera_statistics`)."""
         stats = self.ledger.statistics()
         with self._lock:
             estimate = self._round_time.estimate()
@@ -280,7 +285,7 @@ class PolicyBehaviour:
                      sampler=choice.name, window=choice.window_text(), tolerance=choice.tolerance,
                      deadline_ms=deadline_ms, device=str(self.policy.device), active=active,
                      observation_publishers=self._subscription.get_publisher_count(),
-                     trajectory_subscribers=self._trajectory_pub.get_subscription_count())
+                     trajectory_subscribers=self._trajectory_pub.get_subscription_count(), **self._camera_statistics())
         return stats
 
     # -- parameters at run time ----------------------------------------------------------------
@@ -298,37 +303,9 @@ class PolicyBehaviour:
             self._values = merged
             self._settings = {name: merged[name] for name in RUNTIME_PARAMETERS}
             self._gate.max_age_ns = int(merged["max_observation_age_ms"] * NS_PER_MS)
+            if self._cameras is not None:
+                self._cameras.max_age_ns = self._gate.max_age_ns
         return SetParametersResult(successful=True)
-
-    # -- observations (executor thread) ----------------------------------------------------------
-    def _now_ns(self) -> int:
-        return self.get_clock().now().nanoseconds
-
-    def _on_joint_state(self, msg: JointState) -> None:
-        self._accept(msg.position, stamp_to_ns(msg.header.stamp))
-
-    def _on_array(self, msg: Float32MultiArray) -> None:
-        self._accept(msg.data, None)
-
-    def _accept(self, values, stamp_ns: int | None) -> None:
-        try:
-            now = self._now_ns()
-            stamp = now if stamp_ns is None else stamp_ns
-            vector = np.asarray(values, dtype=np.float64).reshape(-1)
-            with self._lock:
-                if not self._active:
-                    return  # inactive: observations are not taken
-                verdict = self._gate.check(vector, stamp, now)
-                if verdict.accepted:
-                    self._window.push(vector, stamp)
-                    self._wakeup.notify()
-            self.ledger.observation(verdict)
-            if not verdict.accepted and self._throttle.allow(f"reject:{verdict.reason}", now):
-                self.get_logger().warning(f"observation rejected ({verdict.reason}): {verdict.message}; "
-                                          "no action is planned from it")
-        except Exception as err:  # never let bad input kill the node
-            if self._throttle.allow("reject:error", self._now_ns()):
-                self.get_logger().error(f"observation could not be handled: {type(err).__name__}: {err}")
 
     # -- inference (worker thread) -----------------------------------------------------------------
     def _work(self) -> None:
@@ -349,7 +326,7 @@ class PolicyBehaviour:
             if snapshot is not None:
                 self._plan(*snapshot, settings)
 
-    def _plan(self, observations: np.ndarray, stamp: int, settings: dict[str, Any]) -> None:
+    def _plan(self, observations: np.ndarray | dict[str, np.ndarray], stamp: int, settings: dict[str, Any]) -> None:
         """Infer for the window stamped `stamp` if waiting for the next observation would be too late."""
         deadline_ns = int(settings["deadline_ms"] * NS_PER_MS)
         lead = min(deadline_ns, max(self._recent_ready_age)) if self._recent_ready_age else deadline_ns
@@ -364,7 +341,7 @@ class PolicyBehaviour:
             if self._throttle.allow("inference_error", self._now_ns()):
                 self.get_logger().error(f"inference failed: {type(err).__name__}: {err}")
 
-    def _infer(self, observations: np.ndarray, stamp: int, settings: dict[str, Any], deadline_ns: int) -> None:
+    def _infer(self, observations, stamp: int, settings: dict[str, Any], deadline_ns: int) -> None:
         choice = self._apply_sampler(settings)
         plan = plan_rounds(choice.parallel, settings["round_cap"], settings["auto_round_cap"],
                            stamp + deadline_ns - self._now_ns(), self._round_time.estimate(), deadline_ns)

@@ -9,6 +9,11 @@ Topics (names relative, so remappable, except /diagnostics):
                       publishers too); JointState.position is the observation vector and
                       header.stamp its time; Float32MultiArray.data when observation_type is
                       float32_multi_array (unstamped: arrival time, no age/order checks)
+    image (per camera) image policies: subscribed, sensor-data QoS, sensor_msgs/Image rgb8 or
+                      bgr8 of each image key's size, on image_topics (default: the key's name);
+                      the JointState's position holds the low-dim keys, and each window step is
+                      a joint state with a frame of every camera stamped within
+                      image_stamp_tolerance_ms of it (ros/image_inputs.py)
     joint_trajectory  published, reliable, volatile, keep last 10
     /diagnostics      published, diagnostic_msgs/DiagnosticArray, reliable, at diagnostics_rate
 
@@ -57,7 +62,8 @@ from .common import run_node
 from .policy_core import PolicyBehaviour
 
 SUMMARY = ("policy_node: a Diffusion Policy as a ROS 2 node; observations on 'observation' (sensor_msgs/JointState), "
-           "timed trajectories on 'joint_trajectory' (trajectory_msgs/JointTrajectory), status on /diagnostics.")
+           "for an image policy camera frames (sensor_msgs/Image) on 'image_topics', timed trajectories on "
+           "'joint_trajectory' (trajectory_msgs/JointTrajectory), status on /diagnostics.")
 
 
 class PolicyNode(PolicyBehaviour, Node):

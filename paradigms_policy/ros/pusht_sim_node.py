@@ -2,7 +2,9 @@
 
 Every tick (10 Hz by default), at time t on the node's clock:
   1. publish the current observation stamped t (the 20-value keypoint layout of `pusht_env`,
-     as sensor_msgs/JointState positions, or std_msgs/Float32MultiArray);
+     as sensor_msgs/JointState positions, or std_msgs/Float32MultiArray); with `observation: image`,
+     for an image policy, the agent position (2 values, JointState) and the camera frame
+     (`PushTKeypointsEnv.frame`, image_size square, sensor_msgs/Image rgb8 on `image`), both stamped t;
   2. pick the command due at t from the received trajectories: the latest point due at or before
      t (+ half a period for timer jitter); a newer trajectory replaces the older one from its first
      point's time on, as a trajectory controller does. With no point due yet, or after the last
@@ -23,6 +25,7 @@ than real time. The first episode starts once the policy node is seen on the top
 """
 from __future__ import annotations
 
+import array
 import sys
 import threading
 import time
@@ -33,7 +36,7 @@ import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32, Float32MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
@@ -46,8 +49,9 @@ from .common import RELIABLE_COMMANDS, SCORE_QOS, SENSOR_QOS, StartupError, decl
 from .messages import trajectory_fields
 
 CLOCK_TOPIC = "/clock"  # absolute: rclpy's use_sim_time listens there
-SUMMARY = ("pusht_sim_node: the Push-T simulation at a fixed rate; observations on 'observation', trajectories "
-           "from 'joint_trajectory', episode scores on 'episode_score'.")
+CAMERA_FRAME = "pusht_camera"  # header.frame_id of the frames
+SUMMARY = ("pusht_sim_node: the Push-T simulation at a fixed rate; observations on 'observation' (and, for an "
+           "image policy, frames on 'image'), trajectories from 'joint_trajectory', episode scores on 'episode_score'.")
 
 
 def observation_names() -> list[str]:
@@ -97,12 +101,16 @@ class PushTSimNode(Node):
         self._observation_sent = False  # lockstep: this step's observation is out, its command awaited
         self._waiting_since: float | None = None
         self._stamped = values["observation_type"] == "joint_state"
-        self._names = observation_names()
+        self._image = values["observation"] == "image"
+        self._names = observation_names()[-2:] if self._image else observation_names()
         self._create_interfaces(values)
         self.get_logger().info(
             f"Push-T simulation at {values['control_rate']:g} Hz, first seed {values['seed']}, "
             f"{values['episodes'] or 'unlimited'} episode(s) of at most {values['max_steps']} steps; observations on "
-            f"'{self._observation_pub.topic_name}', trajectories from '{self._trajectory_sub.topic_name}'"
+            f"'{self._observation_pub.topic_name}'"
+            + (f", {values['image_size']}x{values['image_size']} frames on '{self._image_pub.topic_name}'"
+               if self._image else "")
+            + f", trajectories from '{self._trajectory_sub.topic_name}'"
             + (f"; lockstep on simulated time ({CLOCK_TOPIC})" if self._lockstep else ""))
 
     def _open_env(self) -> None:
@@ -120,6 +128,7 @@ class PushTSimNode(Node):
         try:
             self._observation_pub = self.create_publisher(JointState if self._stamped else Float32MultiArray,
                                                           values["observation_topic"], SENSOR_QOS)
+            self._image_pub = self.create_publisher(Image, values["image_topic"], SENSOR_QOS) if self._image else None
             self._score_pub = self.create_publisher(Float32, values["score_topic"], SCORE_QOS)
             self._clock_pub = self.create_publisher(Clock, CLOCK_TOPIC, 10) if self._lockstep else None
             self._trajectory_sub = self.create_subscription(JointTrajectory, values["trajectory_topic"],
@@ -209,9 +218,9 @@ class PushTSimNode(Node):
             self._sim_now_ns += self.period_ns
 
     def _policy_connected(self) -> bool:
-        """Lockstep: a policy node listens to the observations and the clock and publishes trajectories."""
-        return (self._observation_pub.get_subscription_count() > 0 and self._clock_pub.get_subscription_count() > 0
-                and self.trajectory_publishers > 0)
+        """Lockstep: a policy node listens to the observations (and frames) and the clock and publishes trajectories."""
+        listeners = [self._observation_pub, self._clock_pub] + ([self._image_pub] if self._image else [])
+        return all(pub.get_subscription_count() > 0 for pub in listeners) and self.trajectory_publishers > 0
 
     def _waited_too_long(self) -> bool:
         """Lockstep: whether the wait for this step's command has lasted lockstep_timeout_s (then step without)."""
@@ -240,7 +249,8 @@ class PushTSimNode(Node):
             self._frames.append(self._env.render())
 
     def _publish_observation(self, now: int) -> None:
-        values = [float(v) for v in self._observation]
+        """The observation stamped `now`; for an image policy the agent position and the frame, stamped alike."""
+        values = [float(v) for v in (self._observation[-2:] if self._image else self._observation)]
         if self._stamped:
             msg = JointState()
             msg.header.stamp = ns_to_time_msg(now)
@@ -250,7 +260,18 @@ class PushTSimNode(Node):
             msg = Float32MultiArray()
             msg.data = values
         self._observation_pub.publish(msg)
+        if self._image:
+            self._image_pub.publish(self._frame_message(msg.header))
         self.observations_published += 1
+
+    def _frame_message(self, header) -> Image:
+        """The current scene as the policy's camera sees it (rgb8, image_size square), with `header`'s stamp."""
+        frame = self._env.frame(self._values["image_size"])
+        msg = Image(height=frame.shape[0], width=frame.shape[1], encoding="rgb8", step=3 * frame.shape[1])
+        msg.header.stamp = header.stamp
+        msg.header.frame_id = CAMERA_FRAME
+        msg.data = array.array("B", frame.tobytes())
+        return msg
 
     def _end_episode(self, now: int) -> None:
         from ..pusht.env import episode_score

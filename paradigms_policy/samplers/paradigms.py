@@ -33,7 +33,7 @@ def sample(denoiser: Denoiser, scheduler, noise: torch.Tensor, condition, *,
            generator: torch.Generator | None = None, window: int = DEFAULT_WINDOW,
            tolerance: float = DEFAULT_TOLERANCE, max_rounds: int | None = None, fixed_shape: bool = False,
            init_trajectory: torch.Tensor | None = None, committed_actions: torch.Tensor | None = None,
-           committed_positions=None) -> tuple[torch.Tensor, SamplerStats]:
+           committed_positions=None, committed_weights=None) -> tuple[torch.Tensor, SamplerStats]:
     """Solve the sampling chain by windowed Picard iteration.
 
     window: p, the number of states evaluated per round (batch p x B).
@@ -48,12 +48,13 @@ def sample(denoiser: Denoiser, scheduler, noise: torch.Tensor, condition, *,
     committed_actions, committed_positions: hard inpainting (real-time chunking): actions
         (B, n, action_dim), normalised, that every state holds at horizon positions (n,), noised to
         each state's level with the initial noise; the answer equals them there exactly
-        (`inpainting.py`).
+        (`inpainting.py`). committed_weights (n,) in (0, 1]: soft inpainting, each position pulled that
+        fraction of the way to its target per step (1, the default: held).
     """
     check_window_options(window, max_rounds)
     if not tolerance >= 0:
         raise ValueError(f"tolerance must be >= 0 (got {tolerance})")
-    inpainting = inpainting_for(scheduler, noise, committed_actions, committed_positions)
+    inpainting = inpainting_for(scheduler, noise, committed_actions, committed_positions, committed_weights)
     solve = WindowedSolve(scheduler, noise, generator, window, fixed_shape, init_trajectory, inpainting)
     elements = math.prod(solve.chunk_shape)
     threshold = tolerance**2

@@ -85,7 +85,8 @@ def sample(denoiser: Denoiser, scheduler, noise: torch.Tensor, condition, *,
            memory: int = DEFAULT_MEMORY, ridge: float = DEFAULT_RIDGE, tolerance: float = DEFAULT_TOLERANCE,
            relative_tolerance: float = DEFAULT_RELATIVE_TOLERANCE, form: str = DEFAULT_FORM, max_rounds: int | None = None,
            fixed_shape: bool = False, init_trajectory: torch.Tensor | None = None,
-           committed_actions: torch.Tensor | None = None, committed_positions=None) -> tuple[torch.Tensor, SamplerStats]:
+           committed_actions: torch.Tensor | None = None, committed_positions=None,
+           committed_weights=None) -> tuple[torch.Tensor, SamplerStats]:
     """Solve the sampling chain by windowed, triangular-Anderson-accelerated fixed-point iteration.
 
     window: p, the number of states evaluated per round (batch p x B); default None = every state of
@@ -108,7 +109,8 @@ def sample(denoiser: Denoiser, scheduler, noise: torch.Tensor, condition, *,
     committed_actions, committed_positions: hard inpainting (real-time chunking): actions
         (B, n, action_dim), normalised, that every state holds at horizon positions (n,), noised to
         each state's level with the initial noise; the answer equals them there exactly
-        (`inpainting.py`).
+        (`inpainting.py`). committed_weights (n,) in (0, 1]: soft inpainting, each position pulled that
+        fraction of the way to its target per step (1, the default: held).
 
     stats.residual_history holds, per round, the largest RMS first-order residual in the window
     (normalised action units); stats.residual the last of them.
@@ -116,7 +118,8 @@ def sample(denoiser: Denoiser, scheduler, noise: torch.Tensor, condition, *,
     result, stats, _ = solve(denoiser, scheduler, noise, condition, generator=generator, window=window, order=order,
                              memory=memory, ridge=ridge, tolerance=tolerance, relative_tolerance=relative_tolerance,
                              form=form, max_rounds=max_rounds, fixed_shape=fixed_shape, init_trajectory=init_trajectory,
-                             committed_actions=committed_actions, committed_positions=committed_positions)
+                             committed_actions=committed_actions, committed_positions=committed_positions,
+                             committed_weights=committed_weights)
     return result, stats
 
 
@@ -126,7 +129,7 @@ def solve(denoiser: Denoiser, scheduler, noise: torch.Tensor, condition, *,
           memory: int = DEFAULT_MEMORY, ridge: float = DEFAULT_RIDGE, tolerance: float = DEFAULT_TOLERANCE,
           relative_tolerance: float = DEFAULT_RELATIVE_TOLERANCE, form: str = DEFAULT_FORM, max_rounds: int | None = None,
           fixed_shape: bool = False, init_trajectory: torch.Tensor | None = None,
-          committed_actions: torch.Tensor | None = None, committed_positions=None,
+          committed_actions: torch.Tensor | None = None, committed_positions=None, committed_weights=None,
           observer: Callable[[dict[str, Any]], None] | None = None,
           ) -> tuple[torch.Tensor, SamplerStats, torch.Tensor]:
     """`sample`, also returning the whole trajectory (T+1, B, ...) as last iterated.
@@ -149,7 +152,7 @@ def solve(denoiser: Denoiser, scheduler, noise: torch.Tensor, condition, *,
     if form not in FORMS:
         raise ValueError(f"form must be one of {', '.join(FORMS)} (got {form!r})")
 
-    inpainting = inpainting_for(scheduler, noise, committed_actions, committed_positions)
+    inpainting = inpainting_for(scheduler, noise, committed_actions, committed_positions, committed_weights)
     solve = WindowedSolve(scheduler, noise, generator, window, fixed_shape, init_trajectory, inpainting)
     span = min(order if order is not None else solve.width, solve.width)  # k; b never precedes the window's start
     # Per step, the largest RMS first-order residual that counts as done. A positive tolerance is raised to

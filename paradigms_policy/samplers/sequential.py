@@ -18,12 +18,13 @@ from .inpainting import inpainting_for
 @torch.no_grad()
 def sample(denoiser: Denoiser, scheduler, noise: torch.Tensor, condition, *,
            generator: torch.Generator | None = None, committed_actions: torch.Tensor | None = None,
-           committed_positions=None) -> tuple[torch.Tensor, SamplerStats]:
-    """committed_actions (B, n, action_dim), committed_positions (n,): hard inpainting, as in the parallel samplers."""
+           committed_positions=None, committed_weights=None) -> tuple[torch.Tensor, SamplerStats]:
+    """committed_actions (B, n, action_dim), committed_positions (n,), committed_weights (n,): inpainting, as in the
+    parallel samplers."""
     # Multistep schedulers (DPM-Solver) keep a history between steps: start each chunk afresh.
     if hasattr(scheduler, "model_outputs"):
         scheduler.set_timesteps(scheduler.num_inference_steps, device=scheduler.timesteps.device)
-    inpainting = inpainting_for(scheduler, noise, committed_actions, committed_positions)
+    inpainting = inpainting_for(scheduler, noise, committed_actions, committed_positions, committed_weights)
     x = noise if inpainting is None else inpainting.apply(noise[None], 0)[0]
     for index, t in enumerate(scheduler.timesteps):
         eps = denoiser(x, t, condition)

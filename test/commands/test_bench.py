@@ -11,7 +11,7 @@ import torch
 
 from paradigms_policy.commands.cli import main
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from conftest import PNG_SIGNATURE
 
 
 def test_bench_writes_the_documented_json(tiny_checkpoint, tmp_path, capsys):
@@ -73,8 +73,8 @@ def test_real_time_chunking_bench_inpaints_the_previous_chunk(tiny_checkpoint, t
 
     policy = load_policy(tiny_checkpoint, sampler="parataa", sampler_options={"tolerance": 0.0})
     source = ChunkSource(random_observations(policy, 2), seed=0, episode_starts=np.array([True, False]), delay_steps=2)
-    first, _, _ = source.solve(policy, 0)
-    second, _, _ = source.solve(policy, 1, previous=first)
+    first = source.solve(policy, 0)[0]
+    second = source.solve(policy, 1, previous=first)[0]
     # Steps s-1 .. s+1 of the previous chunk (its positions 8, 9, 10) are the new chunk's positions 0, 1, 2.
     torch.testing.assert_close(second[:, 0:3], first[:, 8:11], rtol=0, atol=1e-6)
     out = tmp_path / "rtc.json"
@@ -83,3 +83,18 @@ def test_real_time_chunking_bench_inpaints_the_previous_chunk(tiny_checkpoint, t
     document = json.loads(out.read_text())
     assert code == 0 and document["real_time_chunking_delay_steps"] == 2
     assert document["results"][1]["max_abs_dev"] < 1e-2
+
+
+def test_an_image_policy_is_benched_on_demonstration_frames_with_the_encoder_timed_apart(pusht_zarr, tmp_path):
+    from image_policy import save_image_policy
+
+    checkpoint = save_image_policy(tmp_path / "image")
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--checkpoint", str(checkpoint), "--data", str(pusht_zarr), "--chunks", "3", "--warmup", "0",
+                 "--samplers", "sequential,parataa:tolerance=0:relative_tolerance=0", "--reference", "float64",
+                 "--device", "cpu", "--json", str(out)])
+    document = json.loads(out.read_text())
+    assert code == 0 and document["encoder_parameters"] > 0
+    for row in document["results"]:
+        assert 0 < row["encoder_p50_ms"] < row["latency_p50_ms"] and row["sampler_p50_ms"] > 0
+        assert row["max_abs_dev"] < 1e-4  # float32 against the float64 chain, encoder included

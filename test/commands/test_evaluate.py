@@ -10,9 +10,10 @@ from paradigms_policy.checkpoint import load_policy
 from paradigms_policy.commands.evaluate import run_episode, summarize
 from paradigms_policy.pusht.env import episode_score
 
+from conftest import PNG_SIGNATURE
+
 pytest.importorskip("gym_pusht", reason="the simulation harness needs gym-pusht (pip install .[sim])")
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def test_short_episode_is_well_formed(tiny_checkpoint):
@@ -155,6 +156,27 @@ def test_real_time_chunking_continues_the_committed_actions(tiny_checkpoint):
     np.testing.assert_allclose(output.action_horizon[:4], committed, atol=1e-3)  # pixels, after unnormalising
 
 
+def test_soft_overlap_pulls_the_rest_of_the_running_chunk_with_decaying_weights(tiny_checkpoint):
+    from paradigms_policy.commands.evaluate import ChunkPlayer, commitment_options
+    from paradigms_policy.samplers.inpainting import soft_weights
+
+    policy = load_policy(tiny_checkpoint, sampler="parataa")
+    player = ChunkPlayer(delay_steps=2, replan_every=5, hold=np.array([100.0, 100.0]))
+    chunk = np.linspace([100.0, 100.0], [300.0, 200.0], 15)  # the actions of steps 0..14
+    player.receive(0, chunk)
+    for step in range(5):
+        player.next_action(step)
+    np.testing.assert_array_equal(player.overlap(5), chunk[7:])  # after steps 5, 6 (committed): 7..14
+    options = commitment_options(policy, player, 5, soft_overlap=True)
+    # Step 4 at position 0, then 5..14 at 1..10: the chunk's 10 last actions, the first 3 held.
+    assert options["committed_positions"] == list(range(11))
+    assert options["committed_weights"] == soft_weights(3, 11)
+    np.testing.assert_allclose(policy.action_normalizer.unnormalize(options["committed_actions"])[0].numpy(),
+                               chunk[4:], atol=1e-4)
+    output = policy.predict(np.full((2, 20), 256.0, np.float32), generator=torch.Generator().manual_seed(0), **options)
+    np.testing.assert_allclose(output.action_horizon[:3], chunk[4:7], atol=1e-3)  # the held prefix
+
+
 def test_real_time_chunking_episode_records_smoothness(tiny_checkpoint):
     policy = load_policy(tiny_checkpoint)
     episode = run_episode(policy, seed=100000, max_steps=12, delay_steps=2, replan_every=5, real_time_chunking=True)
@@ -167,13 +189,41 @@ def test_delay_study_pairs_every_row_with_the_undelayed_plain_row(tiny_checkpoin
 
     out, plot = tmp_path / "delays.json", tmp_path / "delays.png"
     code = main(["delays", "--checkpoint", str(tiny_checkpoint), "--delays", "0,2", "--episodes", "2", "--max-steps", "10",
-                 "--workers", "1", "--json", str(out), "--plot", str(plot), "--replan-every", "5"])
+                 "--workers", "1", "--json", str(out), "--plot", str(plot), "--replan-every", "5",
+                 "--executions", "plain,soft"])
     rows = json.loads(out.read_text())
     assert code == 0 and plot.read_bytes()[:8] == PNG_SIGNATURE
-    assert [(row["delay_steps"], row["real_time_chunking"]) for row in rows] == [(0, False), (0, True), (2, False),
-                                                                                  (2, True)]
+    assert [(row["delay_steps"], row["mode"]) for row in rows] == [(0, "plain"), (0, "soft"), (2, "plain"),
+                                                                    (2, "soft")]
+    assert rows[-1]["execution"] == {"delay_steps": 2, "replan_every": 5, "real_time_chunking": True,
+                                     "soft_overlap": True}
     assert rows[0]["paired_vs_baseline"] == {"mean": 0.0, "half_width_95": 0.0}
     for row in rows[1:]:
         expected = np.mean([mine["score"] - base["score"] for mine, base in zip(row["per_episode"], rows[0]["per_episode"])])
         assert row["paired_vs_baseline"]["mean"] == pytest.approx(expected)
         assert row["execution"]["replan_every"] == 5 and row["execution"].get("real_time_chunking", False) == row["real_time_chunking"]
+
+
+def test_an_image_policy_sees_the_drawn_frame_and_the_agent_position(tmp_path):
+    from image_policy import image_policy_config, save_image_policy
+
+    from paradigms_policy.commands.evaluate import observation_window, step_observation
+    from paradigms_policy.pusht.env import PushTKeypointsEnv
+    from paradigms_policy.vision import image_input
+
+    config = image_policy_config()
+    env = PushTKeypointsEnv()
+    try:
+        observation = env.reset(seed=100000)
+        step = step_observation(config, env, observation)
+        assert np.array_equal(step["image"], image_input(env.frame()))
+        assert step["agent_pos"].dtype == np.float32 and np.array_equal(step["agent_pos"], observation[-2:])
+        window = observation_window([step, step])
+        assert window["image"].shape == (2, 3, 96, 96) and window["agent_pos"].shape == (2, 2)
+        two_cameras = image_policy_config(cameras=(("left", (3, 96, 96)), ("right", (3, 96, 96))))
+        with pytest.raises(ValueError, match="one square camera and the agent position"):
+            step_observation(two_cameras, env, observation)
+    finally:
+        env.close()
+    episode = run_episode(load_policy(save_image_policy(tmp_path / "image")), seed=100000, max_steps=9)
+    assert episode["chunks"] == 2 and episode["steps"] == 9

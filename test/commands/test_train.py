@@ -5,10 +5,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from paradigms_policy.checkpoint import load_policy
-from paradigms_policy.commands.train import TrainConfig, diffusion_loss, train
+from paradigms_policy.commands.train import TrainConfig, diffusion_loss, random_crop, train
 from paradigms_policy.schedulers import make_scheduler
 
 TINY = dict(down_dims=(16, 32), diffusion_step_embed_dim=16, batch_size=32, episodes=list(range(6)))
@@ -81,3 +82,50 @@ def test_torchrun_data_parallel_on_cpu_with_gloo(pusht_zarr, tmp_path, repo_root
     assert result.returncode == 0, result.stderr[-2000:]
     metadata = json.loads((run_dir / "final" / "config.json").read_text())["metadata"]
     assert metadata["world_size"] == 2 and metadata["trained_steps"] == 4
+
+
+def test_the_image_loss_feeds_the_frames_and_the_normalised_low_dim_to_the_encoder(policy_config, normalizers):
+    obs_normalizer, _ = normalizers
+    scheduler = make_scheduler(policy_config.scheduler)
+    frames, low_dim, actions = torch.rand(3, 2, 3, 84, 84), 512 * torch.rand(3, 2, 20), 512 * torch.rand(3, 16, 2)
+    seen = []
+
+    def denoiser(noisy, timesteps, condition):
+        seen.append(condition)
+        return torch.zeros_like(noisy)
+
+    diffusion_loss(denoiser, scheduler, normalizers, (frames, low_dim), actions)
+    [(seen_frames, seen_low_dim)] = seen
+    assert seen_frames is frames and torch.equal(seen_low_dim, obs_normalizer.normalize(low_dim))
+
+
+def test_random_crop_takes_each_frame_at_its_own_offset():
+    frames = torch.arange(4 * 2 * 3 * 6 * 6).reshape(4, 2, 3, 6, 6)
+    crops = random_crop(frames, 4, np.random.default_rng(0))
+    assert crops.shape == (4, 2, 3, 4, 4)
+    offsets = set()
+    for index in np.ndindex(4, 2):
+        frame, crop = frames[index], crops[index]
+        matches = [(top, left) for top in range(3) for left in range(3)
+                   if torch.equal(frame[:, top:top + 4, left:left + 4], crop)]
+        assert len(matches) == 1
+        offsets.add(matches[0])
+    assert len(offsets) > 1
+
+
+def test_an_image_policy_trains_and_loads_with_its_encoder(pusht_zarr, tmp_path):
+    config = TrainConfig(zarr_path=str(pusht_zarr), output_dir=str(tmp_path / "run"), steps=6, checkpoint_every=6,
+                         log_every=1, observation="image", **{**TINY, "batch_size": 4, "episodes": [0]})
+    policy = load_policy(train(config, progress=False))
+    assert policy.config.image_keys == ("image",) and policy.config.low_dim_keys == ("agent_pos",)
+    assert policy.config.vision.crop_shape == (84, 84) and policy.config.unet.global_cond_dim == 2 * (2 + 64)
+    encoder = policy.obs_encoder
+    assert encoder.image_scale.eq(2).all() and encoder.image_offset.eq(-1).all()  # [0, 1] frames -> [-1, 1]
+    output = policy.predict({"image": np.full((2, 3, 96, 96), 0.5, np.float32),
+                             "agent_pos": np.full((2, 2), 256.0, np.float32)})
+    assert output.actions.shape == (8, 2) and np.isfinite(output.actions).all()
+
+
+def test_an_unknown_observation_kind_is_refused(pusht_zarr, tmp_path):
+    with pytest.raises(ValueError, match="observation must be one of low_dim, image"):
+        train(TrainConfig(zarr_path=str(pusht_zarr), output_dir=str(tmp_path), observation="depth"), progress=False)

@@ -87,3 +87,38 @@ def test_lockstep_overlay_sets_declared_parameters_of_both_nodes():
         for name, value in values.items():
             assert type(value) is type(defaults[name]), name
     assert validate_sim_parameters({**sim_defaults, **sim}) == []
+
+
+def test_camera_parameters_are_checked_against_the_policy():
+    from image_policy import image_policy_config
+
+    from paradigms_policy.config import PolicyConfig
+    from paradigms_policy.control.parameters import validate_cameras
+
+    values = spec_defaults(POLICY_NODE_PARAMETERS)
+    assert (values["image_topics"], values["image_stamp_tolerance_ms"]) == ([], 20.0)
+    assert SPECS["image_stamp_tolerance_ms"].minimum == 0.0 and SPECS["image_topics"].read_only
+    two = image_policy_config(cameras=(("left", (3, 24, 32)), ("right", (3, 24, 32))), crop_shape=None)
+    assert validate_cameras(values, two) == []
+    assert validate_cameras(dict(values, image_topics=["cam/left", "cam/right"]), two) == []
+    assert validate_cameras(values, PolicyConfig()) == []
+    problems = validate_cameras(dict(values, image_topics=["cam/left"]), two)
+    assert problems == ["image_topics has 1 entries but the policy has the image keys ['left', 'right']"]
+    assert "needs observation_type joint_state" in validate_cameras(
+        dict(values, observation_type="float32_multi_array"), two)[0]
+    assert "the policy takes no images" in validate_cameras(dict(values, image_topics=["image"]), PolicyConfig())[0]
+    mono = image_policy_config(cameras=(("depth", (1, 24, 32)),), crop_shape=None)
+    assert "rgb8 or bgr8 frames (3 channels), the image keys have {'depth': 1}" in validate_cameras(values, mono)[0]
+    for topics in (["a", "a"], ["a", " "]):
+        problems = validate_policy_parameters(dict(values, image_topics=topics))
+        assert "image_topics must be distinct non-empty" in problems[0]
+
+
+def test_sim_observation_parameters():
+    values = spec_defaults(SIM_NODE_PARAMETERS)
+    assert (values["observation"], values["image_topic"], values["image_size"]) == ("keypoints", "image", 96)
+    assert validate_sim_parameters(dict(values, observation="image")) == []
+    assert "observation must be one of keypoints, image" in validate_sim_parameters(dict(values, observation="rgb"))[0]
+    unstamped = dict(values, observation="image", observation_type="float32_multi_array")
+    assert "observation image needs observation_type joint_state" in validate_sim_parameters(unstamped)[0]
+    assert "image_topic must not be empty" in validate_sim_parameters(dict(values, image_topic=""))[0]

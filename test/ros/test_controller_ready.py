@@ -1,7 +1,6 @@
 """Every trajectory policy_node publishes, as received over real DDS, passes joint_trajectory_controller's
 acceptance rules (control/trajectory_rules.py) for a controller configured with the node's joints."""
 import os
-import time
 
 import numpy as np
 import pytest
@@ -22,7 +21,7 @@ from paradigms_policy.ros.common import (RELIABLE_COMMANDS, LocalSession, ns_to_
 from paradigms_policy.ros.messages import trajectory_fields  # noqa: E402
 from paradigms_policy.ros.policy_node import PolicyNode  # noqa: E402
 
-from conftest import pixel_normalizers, small_config, small_model  # noqa: E402
+from conftest import pixel_normalizers, small_config, small_model, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.dds
 
@@ -33,13 +32,6 @@ MS = 1_000_000
 # trajectory that ends in the past). A tenth of the 100 ms period covers delivery on a loaded machine
 # and still catches a trajectory whose first point is an outdated action.
 LATE_START_TOLERANCE_NS = 10 * MS
-
-
-def wait_for(condition, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and not condition():
-        time.sleep(0.01)
-    return condition()
 
 
 @pytest.fixture

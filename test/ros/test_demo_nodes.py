@@ -29,8 +29,8 @@ def test_each_episode_comes_with_the_chunks_planned_during_it(checkpoint):
     sim = {"episodes": 2, "seed": 100003, "max_steps": 8, "reset_pause_s": 0.6}
     nodes = DemoNodes(default_params_files(on_cpu=True), policy, sim, domain_id=DOMAIN_ID)
     try:
-        assert nodes.session.domain_id == DOMAIN_ID and nodes.sim_parameters("max_steps", "seed") == \
-            {"max_steps": 8, "seed": 100003}
+        assert nodes.session.domain_id == DOMAIN_ID and nodes.sim_parameters("max_steps", "seed", "observation") == \
+            {"max_steps": 8, "seed": 100003, "observation": "keypoints"}
         with pytest.raises(TimeoutError, match="timed out after 0 of 2 episode"):
             next(nodes.episodes(2, timeout_s=0.0))
         episodes = list(nodes.episodes(2, timeout_s=60.0))
@@ -51,3 +51,20 @@ def test_a_node_that_cannot_start_fails_with_a_startup_error(checkpoint):
     with pytest.raises(StartupError, match="invalid parameter 'max_steps'.*out of range"):
         DemoNodes(default_params_files(on_cpu=True), {"checkpoint": checkpoint, "warmup_runs": 0},
                   {"max_steps": 301}, domain_id=DOMAIN_ID)
+
+
+def test_the_simulation_publishes_what_the_policy_observes(tmp_path):
+    from image_policy import image_policy_config, save_image_policy
+
+    image = str(save_image_policy(tmp_path / "image"))
+    nodes = DemoNodes(default_params_files(on_cpu=True), {"checkpoint": image, "warmup_runs": 0}, {"episodes": 1},
+                      domain_id=DOMAIN_ID)
+    try:
+        assert nodes.sim_parameters("observation", "image_topic", "image_size") == \
+            {"observation": "image", "image_topic": "image", "image_size": 96}
+    finally:
+        nodes.close()
+    two = image_policy_config(cameras=(("left", (3, 96, 96)), ("right", (3, 96, 96))))
+    with pytest.raises(StartupError, match="one square camera and the agent position"):
+        DemoNodes(default_params_files(on_cpu=True), {"checkpoint": str(save_image_policy(tmp_path / "two", two)),
+                                                     "warmup_runs": 0}, {}, domain_id=DOMAIN_ID)

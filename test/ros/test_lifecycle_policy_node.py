@@ -25,16 +25,9 @@ from paradigms_policy.ros.common import (RELIABLE_COMMANDS, LocalSession, Startu
                                          parameter_overrides)
 from paradigms_policy.ros.lifecycle_policy_node import LifecyclePolicyNode  # noqa: E402
 
-from conftest import pixel_normalizers, small_config, small_model  # noqa: E402
+from conftest import pixel_normalizers, small_config, small_model, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.dds
-
-
-def wait_for(condition, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and not condition():
-        time.sleep(0.01)
-    return condition()
 
 
 class Manager:

@@ -37,6 +37,7 @@ from paradigms_policy.normalizer import AffineNormalizer  # noqa: E402
 from paradigms_policy.ros.common import RELIABLE_COMMANDS, LocalSession, StartupError, parameter_overrides  # noqa: E402
 from paradigms_policy.ros.policy_node import PolicyNode  # noqa: E402
 from paradigms_policy.samplers import paradigms, parataa  # noqa: E402
+from conftest import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.dds
 
@@ -47,15 +48,6 @@ MS = 1_000_000
 
 def stamp_ns(stamp):
     return stamp.sec * 1_000_000_000 + stamp.nanosec
-
-
-def wait_for(condition, timeout=3.0, interval=0.01):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
 
 
 @pytest.fixture(scope="module")

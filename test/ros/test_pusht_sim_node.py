@@ -1,6 +1,5 @@
 """pusht_sim_node over real DDS on loopback: it publishes observations and executes a trajectory."""
 import os
-import time
 
 import numpy as np
 import pytest
@@ -20,17 +19,9 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E
 from paradigms_policy.ros.common import (RELIABLE_COMMANDS, SCORE_QOS, SENSOR_QOS, LocalSession,  # noqa: E402
                                          ns_to_duration_msg, ns_to_time_msg, parameter_overrides)
 from paradigms_policy.ros.pusht_sim_node import PushTSimNode  # noqa: E402
+from conftest import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.dds
-
-
-def wait_for(condition, timeout=3.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def trajectory(joint_names, start_ns, period_ns, points):
@@ -78,3 +69,42 @@ def test_sim_node_publishes_observations_and_executes_a_trajectory():
         assert np.median(np.diff(stamps)) == pytest.approx(50_000_000, rel=0.3)
         last_xy = np.array(observations[-1].position[-2:])
         assert np.linalg.norm(last_xy - target) < 0.5 * np.linalg.norm(start_xy - target)
+
+
+def test_sim_node_publishes_frames_and_the_agent_position_for_an_image_policy():
+    from sensor_msgs.msg import Image
+
+    from paradigms_policy.pusht.env import PushTKeypointsEnv
+
+    with LocalSession(DOMAIN_ID, name="test") as session:
+        session.add(PushTSimNode(context=session.context, parameter_overrides=parameter_overrides(
+            {"control_rate": 20.0, "max_steps": 40, "episodes": 1, "seed": 7, "observation": "image",
+             "image_size": 64})))
+        probe = session.create_node("probe")
+        observations, frames = [], []
+        probe.create_subscription(JointState, "observation", observations.append, SENSOR_QOS)
+        probe.create_subscription(Image, "image", frames.append, SENSOR_QOS)
+        session.start()
+        assert wait_for(lambda: len(observations) >= 3 and len(frames) >= 3), "no observation or frame arrived"
+
+    env = PushTKeypointsEnv()
+    try:
+        start = env.reset(seed=7)
+        expected_frame = env.frame(64)
+    finally:
+        env.close()
+    # Without a command the agent holds where it stands: every step shows the episode's first state.
+    first = observations[0]
+    assert list(first.name) == ["agent_x", "agent_y"] and list(first.position) == list(start[-2:])
+    frame = frames[0]
+    assert (frame.height, frame.width, frame.encoding, frame.step) == (64, 64, "rgb8", 3 * 64)
+    assert np.array_equal(np.frombuffer(frame.data, np.uint8).reshape(64, 64, 3), expected_frame)
+    # Each step's frame has the stamp of the agent position published for that step.
+    frame_stamps = [stamp_of(f) for f in frames]
+    assert len(set(frame_stamps)) == len(frames)
+    overlap = [stamp_of(o) for o in observations if min(frame_stamps) <= stamp_of(o) <= max(frame_stamps)]
+    assert overlap == frame_stamps  # (either subscription may have matched the first messages or not)
+
+
+def stamp_of(msg):
+    return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec

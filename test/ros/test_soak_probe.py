@@ -11,17 +11,10 @@ from paradigms_policy.checkpoint import save_policy  # noqa: E402
 from paradigms_policy.config import SchedulerConfig  # noqa: E402
 from paradigms_policy.ros.soak_probe import SoakProbe  # noqa: E402
 
-from conftest import pixel_normalizers, small_config, small_model  # noqa: E402
+from conftest import pixel_normalizers, small_config, small_model, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.dds
 DOMAIN_ID = 1 + (os.getpid() + 91) % 100
-
-
-def wait_for(condition, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and not condition():
-        time.sleep(0.01)
-    return condition()
 
 
 def test_the_probe_feeds_the_node_and_counts_what_comes_back(tmp_path):
