@@ -37,6 +37,8 @@ pytestmark = pytest.mark.dds
 SHARED_ROS2 = REPO_ROOT.parent / "shared" / "ros2"
 NODE_SCRIPTS = ("policy_node", "lifecycle_policy_node", "pusht_sim_node")
 CLEAN = "process has finished cleanly"
+# How long the ros2 CLI (without a daemon) spins to discover the node: 3 s was too short on a loaded 2-core machine.
+DISCOVERY_S = 6
 
 
 def stage_package(destination: Path) -> Path:
@@ -77,30 +79,31 @@ def ros2(workspace: Path, arguments: str, timeout: float = 60.0) -> subprocess.C
 
 
 def lifecycle(workspace: Path, verb: str, *arguments: str) -> str:
-    """`ros2 lifecycle VERB /policy_node ...` (discovery given up to 3 s)."""
-    result = ros2(workspace, f"lifecycle {verb} --no-daemon --spin-time 3 /policy_node {' '.join(arguments)}")
+    """`ros2 lifecycle VERB /policy_node ...` (discovery given DISCOVERY_S)."""
+    result = ros2(workspace, f"lifecycle {verb} --no-daemon --spin-time {DISCOVERY_S} /policy_node "
+                             f"{' '.join(arguments)}")
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout.strip()
 
 
 def param_get(workspace: Path, name: str) -> str:
-    """`ros2 param get` of a policy_node parameter (discovery given up to 3 s)."""
-    result = ros2(workspace, f"param get --no-daemon --spin-time 3 /policy_node {name}")
+    """`ros2 param get` of a policy_node parameter (discovery given DISCOVERY_S)."""
+    result = ros2(workspace, f"param get --no-daemon --spin-time {DISCOVERY_S} /policy_node {name}")
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout.strip()
 
 
 @pytest.fixture(scope="module")
 def params_file(tmp_path_factory):
-    """Small and fast: a tiny DDIM-4 policy, sequential; two episodes of 20 steps (the first may end before
-    the test's listener has matched the trajectory publisher)."""
+    """Small and fast: a tiny DDIM-4 policy, sequential; three episodes of 30 steps (on simulated time the
+    first may end before the test's listener has matched the trajectory publisher)."""
     folder = tmp_path_factory.mktemp("launch")
     config = small_config(SchedulerConfig(name="ddim", num_inference_steps=4))
     checkpoint = save_policy(folder / "tiny", config, small_model(config=config), *pixel_normalizers())
     path = folder / "params.yaml"
     path.write_text(f"policy_node:\n  ros__parameters:\n    checkpoint: '{checkpoint}'\n    sampler: sequential\n"
                     "    num_threads: 1\n    warmup_runs: 1\n"
-                    "pusht_sim_node:\n  ros__parameters:\n    max_steps: 20\n    episodes: 2\n")
+                    "pusht_sim_node:\n  ros__parameters:\n    max_steps: 30\n    episodes: 3\n")
     return path
 
 
@@ -153,7 +156,7 @@ def test_launch_runs_an_episode_and_stops_cleanly_on_one_sigint(workspace, param
     started = time.monotonic()
     process = launch(workspace, f"use_sim:=true lockstep:=true params_file:={params_file}")
     try:
-        assert wait(lambda: len(listener.scores) == 2, 90.0), f"no episode scores heard:\n{process.output()}"
+        assert wait(lambda: len(listener.scores) == 3, 90.0), f"no episode scores heard:\n{process.output()}"
         assert listener.trajectories, "no trajectory heard"
         assert all(len(msg.points) > 0 and list(msg.joint_names) == ["agent_x", "agent_y"]
                    for msg in listener.trajectories)
