@@ -37,6 +37,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
+def batch_size(observations) -> int:
+    """The batch size of batched observation windows: (B, n_obs_steps, obs_dim), or a dict of (B, n_obs_steps, ...)."""
+    return next(iter(observations.values())).shape[0] if isinstance(observations, dict) else observations.shape[0]
+
+
 @dataclass
 class PolicyOutput:
     """One predicted chunk. Arrays are float32 numpy; a leading batch axis appears only if the input had one."""
@@ -146,8 +151,7 @@ class DiffusionPolicy:
         `self.condition(observations)` when it was computed already (bench times the two apart)."""
         condition = self.condition(observations) if condition is None else condition
         if noise is None:
-            batch = next(iter(observations.values())).shape[0] if isinstance(observations, dict) else observations.shape[0]
-            noise = self.initial_noise(batch, generator)
+            noise = self.initial_noise(batch_size(observations), generator)
         noise = noise.to(self.device)
         options = {**self.sampler_options, **options}
         warm = self.warm_start == "temporal" and self._previous_trajectory is not None

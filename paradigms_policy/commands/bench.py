@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..config import PolicyConfig
 from ..model import ConditionalUnet1D
 from ..normalizer import AffineNormalizer
-from ..policy import DiffusionPolicy
+from ..policy import DiffusionPolicy, batch_size
 from ..resources import shipped_checkpoint
 from .options import (SamplerSpec, add_sampler_options, add_scheduler_options, parallel_options, sampler_specs,
                       scheduler_overrides)
@@ -242,8 +242,7 @@ class ChunkSource:
         options = self.commitment(variant, previous) if previous is not None and self.delay_steps is not None else {}
         obs = self._window(variant, index)
         generator = torch.Generator().manual_seed(self.seed + index)
-        batch = next(iter(obs.values())).shape[0] if isinstance(obs, dict) else obs.shape[0]
-        noise = variant.initial_noise(batch, generator).to(next(variant.model.parameters()).dtype)
+        noise = variant.initial_noise(batch_size(obs), generator).to(next(variant.model.parameters()).dtype)
         synchronize(variant.device)
         started = time.perf_counter()
         encoding = None

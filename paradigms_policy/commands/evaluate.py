@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..resources import shipped_checkpoint
+from ..samplers.inpainting import soft_weights
 from ..vision import image_input
 from .options import add_sampler_options, add_scheduler_options, parallel_options, sampler_specs, scheduler_overrides
 from .output import saved_figure, write_json
@@ -231,8 +232,6 @@ def commitment_options(policy, player: ChunkPlayer, step: int, soft_overlap: boo
     Horizon position n_obs_steps - 1 is the newest observation's step, so the last executed action
     sits one before it.
     """
-    from ..samplers.inpainting import soft_weights
-
     actions = player.committed(step)
     if not actions:
         return {}

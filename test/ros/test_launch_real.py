@@ -29,7 +29,7 @@ from paradigms_policy.checkpoint import save_policy  # noqa: E402
 from paradigms_policy.config import SchedulerConfig  # noqa: E402
 from paradigms_policy.ros.common import RELIABLE_COMMANDS, SCORE_QOS, LocalSession  # noqa: E402
 
-from conftest import pixel_normalizers, small_config, small_model  # noqa: E402
+from conftest import pixel_normalizers, small_config, small_model, wait_for  # noqa: E402
 from node_process import REPO_ROOT, NodeProcess, node_environment  # noqa: E402
 
 pytestmark = pytest.mark.dds
@@ -131,12 +131,6 @@ def launch(workspace: Path, arguments: str) -> NodeProcess:
                        node_environment(DOMAIN_ID))
 
 
-def wait(condition, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and not condition():
-        time.sleep(0.05)
-    return condition()
-
 
 def stop_launch(process: NodeProcess, nodes: tuple[str, ...]) -> str:
     """One SIGINT to launch; its output, once every node finished cleanly and launch exited with 0."""
@@ -156,7 +150,7 @@ def test_launch_runs_an_episode_and_stops_cleanly_on_one_sigint(workspace, param
     started = time.monotonic()
     process = launch(workspace, f"use_sim:=true lockstep:=true params_file:={params_file}")
     try:
-        assert wait(lambda: len(listener.scores) == 3, 90.0), f"no episode scores heard:\n{process.output()}"
+        assert wait_for(lambda: len(listener.scores) == 3, 90.0), f"no episode scores heard:\n{process.output()}"
         assert listener.trajectories, "no trajectory heard"
         assert all(len(msg.points) > 0 and list(msg.joint_names) == ["agent_x", "agent_y"]
                    for msg in listener.trajectories)
@@ -198,7 +192,7 @@ def test_launch_arguments_reach_the_running_node(workspace, params_file, tmp_pat
 def test_lifecycle_launch_autostarts_and_ros2_lifecycle_set_drives_it(workspace, params_file, listener):
     process = launch(workspace, f"lifecycle:=true use_sim:=true lockstep:=true params_file:={params_file}")
     try:
-        assert wait(lambda: listener.scores, 90.0), f"no episode score heard:\n{process.output()}"
+        assert wait_for(lambda: listener.scores, 90.0), f"no episode score heard:\n{process.output()}"
         assert lifecycle(workspace, "get") == "active [3]"
         assert lifecycle(workspace, "set", "deactivate") == "Transitioning successful"
         assert lifecycle(workspace, "get") == "inactive [2]"
