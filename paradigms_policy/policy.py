@@ -22,9 +22,13 @@ from .config import PolicyConfig
 from .model import ConditionalUnet1D
 from .normalizer import AffineNormalizer
 from .samplers import PARALLEL_SAMPLERS, SamplerStats, get_sampler, is_parallel
+from .samplers.guidance import Guidance, guided_denoiser
+from .samplers.inpainting import soft_weights
 from .schedulers import make_scheduler
 
 WARM_STARTS = ("none", "temporal")
+# Real-time chunking: what of the running chunk beyond the held actions is used (`DiffusionPolicy.commitment`).
+OVERLAP_MODES = ("hard", "soft", "guided")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -154,10 +158,13 @@ class DiffusionPolicy:
             noise = self.initial_noise(batch_size(observations), generator)
         noise = noise.to(self.device)
         options = {**self.sampler_options, **options}
+        guidance = options.pop("guidance", None)
+        # Guidance differentiates through the network, so it calls the eager model, not graph replays.
+        denoiser = self.denoiser if guidance is None else guided_denoiser(self.model.denoise, self.scheduler, guidance)
         warm = self.warm_start == "temporal" and self._previous_trajectory is not None
         if warm and self._previous_trajectory.shape[1:] == noise.shape:
             options.setdefault("init_trajectory", self._shifted_previous_trajectory())
-        sample, stats = self.sampler(self.denoiser, self.scheduler, noise, condition, generator=generator, **options)
+        sample, stats = self.sampler(denoiser, self.scheduler, noise, condition, generator=generator, **options)
         if self.warm_start == "temporal":
             self._previous_trajectory = stats.trajectory
         return sample, stats
@@ -178,17 +185,33 @@ class DiffusionPolicy:
         first = self.config.n_obs_steps - 1
         return horizon[..., first:first + count, :]
 
-    def commitment(self, actions, first_position: int) -> dict[str, Any]:
-        """Sampler options that hold consecutive raw actions (n, action_dim), or (B, n, action_dim), at horizon
-        positions first_position .. first_position + n - 1 (hard inpainting, `samplers/inpainting.py`)."""
+    def commitment(self, actions, first_position: int, overlap=None, mode: str = "hard") -> dict[str, Any]:
+        """Sampler options for real-time chunking: consecutive raw actions (n, action_dim), or (B, n, action_dim),
+        held at horizon positions first_position .. first_position + n - 1 (hard inpainting,
+        `samplers/inpainting.py`), and the `overlap` actions that follow them, (m, action_dim) or (B, m, action_dim),
+        by `mode`: "hard" ignores them, "soft" pulls them with RTC's decaying weights (`inpainting.soft_weights`),
+        "guided" guides the chunk towards the held and the overlap actions with those weights (`samplers/guidance.py`)."""
+        if mode not in OVERLAP_MODES:
+            raise ValueError(f"mode must be one of {', '.join(OVERLAP_MODES)} (got {mode!r})")
+        held = self._normalized_actions(actions)
+        following = held[:, :0] if overlap is None or mode == "hard" else self._normalized_actions(overlap)
+        if not 0 <= first_position <= self.config.horizon - held.shape[1] - following.shape[1]:
+            raise ValueError(f"{held.shape[1] + following.shape[1]} committed actions from position {first_position} "
+                             f"do not fit the horizon of {self.config.horizon}")
+        everything = torch.cat([held, following.expand(held.shape[0], -1, -1)], dim=1)
+        positions = list(range(first_position, first_position + everything.shape[1]))
+        weights = soft_weights(held.shape[1], everything.shape[1])
+        if mode == "soft":
+            return {"committed_actions": everything, "committed_positions": positions, "committed_weights": weights}
+        options = {"committed_actions": held, "committed_positions": positions[:held.shape[1]]}
+        if mode == "guided":
+            options["guidance"] = Guidance.build(everything, positions, weights, self.config.horizon)
+        return options
+
+    def _normalized_actions(self, actions) -> torch.Tensor:
+        """Raw actions (n, action_dim) or (B, n, action_dim) as normalised (B, n, action_dim) on the device."""
         actions = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device)
-        if actions.ndim == 2:
-            actions = actions[None]
-        if not 0 <= first_position <= self.config.horizon - actions.shape[1]:
-            raise ValueError(f"{actions.shape[1]} committed actions from position {first_position} do not fit the "
-                             f"horizon of {self.config.horizon}")
-        return {"committed_actions": self.action_normalizer.normalize(actions),
-                "committed_positions": list(range(first_position, first_position + actions.shape[1]))}
+        return self.action_normalizer.normalize(actions[None] if actions.ndim == 2 else actions)
 
     def predict(self, observations, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, **options) -> PolicyOutput:

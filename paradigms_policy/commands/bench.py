@@ -60,6 +60,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--real-time-chunking", type=int, metavar="DELAY_STEPS",
                         help="inpaint every chunk after an episode's first with the previous chunk's actions for the "
                              "last executed step and DELAY_STEPS more (the rounds with inpainting)")
+    overlap = parser.add_mutually_exclusive_group()
+    overlap.add_argument("--soft-overlap", action="store_const", const="soft", dest="overlap", default="hard",
+                         help="with --real-time-chunking: also pull the rest of the previous chunk softly")
+    overlap.add_argument("--guided-overlap", action="store_const", const="guided", dest="overlap",
+                         help="with --real-time-chunking: guide towards the rest of the previous chunk (RTC's guidance)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -71,13 +76,17 @@ def run(args) -> int:
     if args.cuda_graphs and policy.device.type != "cuda":
         print(f"note: CUDA graphs need a CUDA device; on {policy.device} every variant runs eager", file=sys.stderr)
     observations, episode_starts = bench_observations(policy, args.data, args.chunks, args.seed)
+    if args.overlap != "hard" and args.real_time_chunking is None:
+        raise ValueError(f"--{args.overlap}-overlap needs --real-time-chunking")
     if args.real_time_chunking is not None and episode_starts is None:  # random windows: one episode, so each commits
         episode_starts = np.arange(len(observations)) == 0
     document = run_bench(policy, observations, specs, warmup=args.warmup, seed=args.seed,
-                         episode_starts=episode_starts, reference=args.reference, delay_steps=args.real_time_chunking)
+                         episode_starts=episode_starts, reference=args.reference, delay_steps=args.real_time_chunking,
+                         overlap=args.overlap)
     document["checkpoint"] = f"random:{args.random_model}" if args.random_model else str(args.checkpoint or shipped_checkpoint())
     document["observations"] = "dataset" if args.data else "random"
     document["real_time_chunking_delay_steps"] = args.real_time_chunking
+    document["real_time_chunking_overlap"] = args.overlap if args.real_time_chunking is not None else None
     print(format_table(document))
     if args.json:
         write_json(document, args.json)
@@ -169,7 +178,8 @@ def device_name(device: torch.device) -> str:
 
 def run_bench(policy: DiffusionPolicy, observations: np.ndarray, samplers: list[SamplerSpec],
               warmup: int = 2, seed: int = 0, episode_starts: np.ndarray | None = None,
-              reference: str = "sequential", progress: bool = True, delay_steps: int | None = None) -> dict[str, Any]:
+              reference: str = "sequential", progress: bool = True, delay_steps: int | None = None,
+              overlap: str = "hard") -> dict[str, Any]:
     """Time each sampler on every observation window; returns the JSON document `bench` writes.
 
     `episode_starts` marks windows that begin an episode: there a temporal warm start is reset.
@@ -177,9 +187,9 @@ def run_bench(policy: DiffusionPolicy, observations: np.ndarray, samplers: list[
     reference: what `max_abs_dev` is measured against, per chunk with the same noise: "sequential"
     (the first spec, plain sequential float32 on the policy's device) or "float64" (the sequential
     chain in float64 on the CPU).
-    delay_steps: real-time chunking with this delay (`ChunkSource.delay_steps`); None: none.
+    delay_steps, overlap: real-time chunking with this delay and overlap (`ChunkSource`); delay None: none.
     """
-    chunks = ChunkSource(observations, seed, episode_starts, delay_steps)
+    chunks = ChunkSource(observations, seed, episode_starts, delay_steps, overlap)
     specs = samplers if samplers and samplers[0].name == "sequential" else [SamplerSpec("sequential"), *samplers]
     if reference not in ("sequential", "float64"):
         raise ValueError(f"reference must be 'sequential' or 'float64' (got {reference!r})")
@@ -220,6 +230,8 @@ class ChunkSource:
     # for the last executed step and the `delay_steps` that run before it arrives (chunks are one executed
     # chunk, n_action_steps, apart). None: no inpainting.
     delay_steps: int | None = None
+    # What of the previous chunk after the held actions is used (`DiffusionPolicy.commitment`'s mode).
+    overlap: str = "hard"
 
     def __len__(self) -> int:
         return len(self.observations)
@@ -263,14 +275,14 @@ class ChunkSource:
         return torch.as_tensor(window if window.ndim == 3 else window[None], device=variant.device).to(dtype)
 
     def commitment(self, variant: DiffusionPolicy, previous: torch.Tensor) -> dict[str, Any]:
-        """The previous chunk's actions for steps s - 1 .. s + delay - 1, at their places in this chunk's horizon."""
+        """The previous chunk's actions for steps s - 1 .. s + delay - 1, at their places in this chunk's horizon
+        (and by the overlap mode the rest of the previous chunk after them)."""
         config = variant.config
         newest = config.n_obs_steps - 1  # horizon position of this chunk's observation step s
         first = newest - 1 + config.n_action_steps  # step s - 1 in the previous chunk's horizon
-        actions = previous[:, first:first + self.delay_steps + 1]
-        dtype = next(variant.model.parameters()).dtype
-        return {"committed_actions": actions.to(device=variant.device, dtype=dtype),
-                "committed_positions": list(range(newest - 1, newest + self.delay_steps))}
+        raw = variant.action_normalizer.unnormalize(previous[:, first:]).numpy()
+        frozen = self.delay_steps + 1
+        return variant.commitment(raw[:, :frozen], newest - 1, raw[:, frozen:], self.overlap)
 
 
 def float64_references(policy: DiffusionPolicy, chunks: ChunkSource, progress: bool = True) -> list[torch.Tensor]:

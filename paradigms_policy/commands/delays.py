@@ -3,7 +3,7 @@
 For every delay D (in control steps) each seed runs once per execution: the new chunk's actions
 replace the running ones D steps after its observation (plain), the same with the chunk inpainted
 with the actions committed meanwhile (real-time chunking, hard inpainting), and optionally with the
-rest of the running chunk's overlap pulled softly too (soft). The baseline is D = 0 plain, the
+rest of the running chunk's overlap pulled softly too (soft) or guided towards (guided, RTC's guidance). The baseline is D = 0 plain, the
 paper's protocol when the replanning period is n_action_steps. Differences are paired by seed.
 All rows share one episode log, so an interrupted study resumes where it stopped.
 """
@@ -26,9 +26,10 @@ from .output import saved_figure, write_json
 # execution name -> run_episode's options beyond the delay and the replanning period
 EXECUTIONS = {"plain": {"real_time_chunking": False},
               "hard": {"real_time_chunking": True},
-              "soft": {"real_time_chunking": True, "soft_overlap": True}}
+              "soft": {"real_time_chunking": True, "soft_overlap": True},
+              "guided": {"real_time_chunking": True, "guided_overlap": True}}
 LABELS = {"plain": "plain delayed execution", "hard": "real-time chunking",
-          "soft": "real-time chunking, soft overlap"}
+          "soft": "real-time chunking, soft overlap", "guided": "real-time chunking, guided overlap"}
 
 
 def _executions(text: str) -> list[str]:

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from ..resources import shipped_checkpoint
-from ..samplers.inpainting import soft_weights
 from ..vision import image_input
 from .options import add_sampler_options, add_scheduler_options, parallel_options, sampler_specs, scheduler_overrides
 from .output import saved_figure, write_json
@@ -57,6 +56,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--soft-overlap", action="store_true",
                         help="with --real-time-chunking: also pull the rest of the running chunk's overlap, with "
                              "RTC's decaying weights (soft inpainting)")
+    parser.add_argument("--guided-overlap", action="store_true",
+                        help="with --real-time-chunking: guide the chunk towards the committed actions and the rest "
+                             "of the running chunk's overlap with those weights (RTC's guidance)")
     add_scheduler_options(parser)
     add_sampler_options(parser)
 
@@ -68,9 +70,12 @@ def run(args) -> int:
     specs = sampler_specs(args.sampler, parallel_options(args))
     execution = {name: value for name, value in (("delay_steps", args.delay_steps), ("replan_every", args.replan_every),
                                                  ("real_time_chunking", args.real_time_chunking),
-                                                 ("soft_overlap", args.soft_overlap)) if value}
-    if args.soft_overlap and not args.real_time_chunking:
-        raise ValueError("--soft-overlap needs --real-time-chunking")
+                                                 ("soft_overlap", args.soft_overlap),
+                                                 ("guided_overlap", args.guided_overlap)) if value}
+    if (args.soft_overlap or args.guided_overlap) and not args.real_time_chunking:
+        raise ValueError("--soft-overlap and --guided-overlap need --real-time-chunking")
+    if args.soft_overlap and args.guided_overlap:
+        raise ValueError("choose one of --soft-overlap and --guided-overlap")
     seeds = list(range(args.seed, args.seed + args.episodes))
     episode_log = args.episode_log or (f"{args.json}.episodes.jsonl" if args.json else None)
     summaries = evaluate(checkpoint, [(spec.name, spec.options) for spec in specs], seeds, workers=args.workers,
@@ -88,7 +93,8 @@ def run(args) -> int:
 
 def run_episode(policy, seed: int, max_steps: int = MAX_EPISODE_STEPS, video_path: str | Path | None = None,
                 delay_steps: int = 0, replan_every: int | None = None,
-                real_time_chunking: bool = False, soft_overlap: bool = False) -> dict[str, Any]:
+                real_time_chunking: bool = False, soft_overlap: bool = False,
+                guided_overlap: bool = False) -> dict[str, Any]:
     """One Push-T episode; returns its score, success, per-chunk sampler statistics and smoothness.
 
     By default the protocol of the paper: plan from the observation at step t, execute its
@@ -99,12 +105,17 @@ def run_episode(policy, seed: int, max_steps: int = MAX_EPISODE_STEPS, video_pat
     of it are executed. real_time_chunking: each new chunk is inpainted with the actions that are
     committed when it is planned (the last executed one and the delay_steps that run before it
     arrives), so it continues them; soft_overlap: the rest of the running chunk's actions that overlap
-    the new one are inpainted too, with weights decaying from 1 (soft inpainting, `inpainting.soft_weights`).
+    the new one are inpainted too, with weights decaying from 1 (soft inpainting, `inpainting.soft_weights`);
+    guided_overlap: the committed actions are held and the chunk is guided towards them and the rest of the
+    overlap with those weights (RTC's guidance, `samplers/guidance.py`).
     """
     import torch
 
     from ..pusht.env import PushTKeypointsEnv, episode_score
 
+    if soft_overlap and guided_overlap:
+        raise ValueError("choose one of soft_overlap and guided_overlap")
+    overlap = "soft" if soft_overlap else "guided" if guided_overlap else "hard"
     replan_every = checked_replan_every(policy.config, delay_steps, replan_every)
     env = PushTKeypointsEnv(render=video_path is not None)
     policy.reset()
@@ -119,7 +130,7 @@ def run_episode(policy, seed: int, max_steps: int = MAX_EPISODE_STEPS, video_pat
         while not done and len(coverages) < max_steps:
             step = len(coverages)
             if step % replan_every == 0:
-                options = commitment_options(policy, player, step, soft_overlap) if real_time_chunking else {}
+                options = commitment_options(policy, player, step, overlap) if real_time_chunking else {}
                 outputs.append(policy.predict(observation_window(history), generator=generator, **options))
                 player.receive(step, policy.executed_actions(outputs[-1].action_horizon,
                                                              policy.config.max_executed_actions))
@@ -225,9 +236,9 @@ class ChunkPlayer:
                 "step_mean": float(np.mean(within)) if within else 0.0}
 
 
-def commitment_options(policy, player: ChunkPlayer, step: int, soft_overlap: bool = False) -> dict[str, Any]:
-    """Sampler options that inpaint the player's committed actions at their places in the new chunk's horizon
-    (and with soft_overlap the rest of the running chunk's overlap, with decaying weights).
+def commitment_options(policy, player: ChunkPlayer, step: int, overlap: str = "hard") -> dict[str, Any]:
+    """Sampler options that inpaint the player's committed actions at their places in the new chunk's horizon,
+    and use the rest of the running chunk's overlap by `overlap` (`DiffusionPolicy.commitment`'s mode).
 
     Horizon position n_obs_steps - 1 is the newest observation's step, so the last executed action
     sits one before it.
@@ -236,11 +247,8 @@ def commitment_options(policy, player: ChunkPlayer, step: int, soft_overlap: boo
     if not actions:
         return {}
     first = policy.config.n_obs_steps - 1 - (1 if player.executed else 0)
-    if not soft_overlap:
-        return policy.commitment(np.stack(actions), first)
-    overlap = player.overlap(step)[: policy.config.horizon - first - len(actions)]
-    options = policy.commitment(np.stack(actions + overlap), first)
-    return {**options, "committed_weights": soft_weights(len(actions), len(actions) + len(overlap))}
+    following = player.overlap(step)[: policy.config.horizon - first - len(actions)]
+    return policy.commitment(np.stack(actions), first, np.stack(following) if following else None, overlap)
 
 
 def checked_replan_every(config, delay_steps: int = 0, replan_every: int | None = None) -> int:

@@ -3,7 +3,9 @@
 A chunk planned from the observation stamped s arrives about `delay` control periods later. Until
 then the running trajectory keeps commanding; real-time chunking inpaints those commands, and the
 one due just before s, into the new chunk (`samplers/inpainting.py`), so the new trajectory
-continues the old one where it takes over.
+continues the old one where it takes over. With a soft or guided overlap the running chunk's
+prediction after those commands (the part of its horizon not yet executed, or never published)
+is used too (`DiffusionPolicy.commitment`).
 """
 from __future__ import annotations
 
@@ -32,3 +34,12 @@ def committed_actions(running: TimedChunk | None, stamp_ns: int, period: int, de
     times = stamp_ns + period * np.arange(-1, delay_steps)
     index = np.clip(np.round((times - running.start_ns) / period).astype(int), 0, len(running) - 1)
     return running.positions[index]
+
+
+def overlap_actions(prediction: TimedChunk | None, stamp_ns: int, period: int, delay_steps: int) -> np.ndarray | None:
+    """What `prediction` (the running chunk's whole predicted horizon, timed) has for stamp + delay_steps periods
+    on, the steps after those `committed_actions` returns, (m, action_dim), possibly empty; None without one."""
+    if prediction is None:
+        return None
+    first = round((stamp_ns + delay_steps * period - prediction.start_ns) / period)
+    return prediction.positions[max(first, 0):]

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from ..policy import OVERLAP_MODES
 from ..samplers import PARALLEL_SAMPLERS, SAMPLERS, paradigms, parataa
 
 OBSERVATION_TYPES = ("joint_state", "float32_multi_array")
@@ -60,6 +61,10 @@ POLICY_NODE_PARAMETERS: tuple[ParamSpec, ...] = (
               "the chunk is expected (the measured observation-to-ready time in control periods, rounded up, plus "
               "one) and the command due just before its observation, so the new trajectory continues the old one; "
               "a chunk later than planned counts as rtc_overruns.", read_only=False),
+    ParamSpec("real_time_chunking_overlap", "hard", "Real-time chunking: what of the running chunk's prediction "
+              "after the held commands is used: hard = nothing, soft = pulled with RTC's decaying weights, guided = "
+              "the chunk guided towards it and the held commands (RTC's guidance; a backward pass per network call).",
+              read_only=False, constraints="hard, soft or guided"),
     ParamSpec("deadline_ms", 500.0, "A chunk must be ready this long after its observation's stamp; a later one "
               "is a deadline miss and is not published.", read_only=False, minimum=1.0, maximum=60000.0),
     ParamSpec("max_observation_age_ms", 200.0, "Observations older than this on arrival are rejected; 0 = no age "
@@ -177,6 +182,9 @@ def validate_policy_parameters(values: dict[str, Any]) -> list[str]:
     if "observation_type" in v and v["observation_type"] not in OBSERVATION_TYPES:
         problems.append(f"observation_type must be one of {', '.join(OBSERVATION_TYPES)} "
                         f"(got {v['observation_type']!r})")
+    if "real_time_chunking_overlap" in v and v["real_time_chunking_overlap"] not in OVERLAP_MODES:
+        problems.append(f"real_time_chunking_overlap must be one of {', '.join(OVERLAP_MODES)} "
+                        f"(got {v['real_time_chunking_overlap']!r})")
     for name in ("observation_topic", "trajectory_topic"):
         if name in v and not v[name].strip():
             problems.append(f"{name} must not be empty")

@@ -29,7 +29,7 @@ from ..control.parameters import (POLICY_NODE_PARAMETERS, validate_against_polic
                                   validate_policy_parameters)
 from ..control.sampling import ChunkAbandoned, SamplerChoice, abandonable, resolve_sampler
 from ..control.statistics import RoundTimeEstimator, Throttle
-from ..control.chunking import committed_actions, planned_delay_steps
+from ..control.chunking import committed_actions, overlap_actions, planned_delay_steps
 from ..control.timing import NS_PER_MS, deadline_met, period_ns, plan_chunk, plan_rounds, should_start_inference
 from .common import DIAGNOSTICS_QOS, JOIN_TIMEOUT_S, RELIABLE_COMMANDS, SENSOR_QOS, StartupError, declare_parameters
 from .image_inputs import ObservationInputs
@@ -152,6 +152,7 @@ class PolicyBehaviour(ObservationInputs):
         self._last_round_cap: int | None = None
         self._chunk_end_ns: int | None = None
         self._running_chunk = None  # the last published TimedChunk, for real-time chunking
+        self._running_prediction = None  # its whole predicted horizon from its observation's step, timed alike
         self._throttle = Throttle(1.0)
         self._reporter = DiagnosticsReporter()
 
@@ -228,7 +229,7 @@ class PolicyBehaviour(ObservationInputs):
             self._generation += 1
             self._clear_observations()
             self._chunk_end_ns = None
-            self._running_chunk = None
+            self._running_chunk = self._running_prediction = None
             self._wakeup.notify_all()
 
     def request_stop(self) -> None:
@@ -354,7 +355,7 @@ class PolicyBehaviour(ObservationInputs):
         options = {"max_rounds": plan.cap} if choice.parallel else {}
         delay = None
         if settings["real_time_chunking"]:
-            delay, commitment = self._commitment(stamp, deadline_ns)
+            delay, commitment = self._commitment(stamp, deadline_ns, settings["real_time_chunking_overlap"])
             options.update(commitment)
         output = self.policy.predict(observations, generator=self._generator, **options)
         ready = self._now_ns()
@@ -373,22 +374,27 @@ class PolicyBehaviour(ObservationInputs):
         if chunk is None:
             self._miss("outdated", stamp, record, "every action of the chunk was already due")
         else:
-            self._publish(chunk, record)
+            predicted = self.policy.executed_actions(output.action_horizon, self.policy.config.max_executed_actions)
+            self._publish(chunk, record, plan_chunk(predicted, stamp, stamp, self.period_ns, self.action_low,
+                                                    self.action_high))
 
-    def _commitment(self, stamp: int, deadline_ns: int) -> tuple[int, dict[str, Any]]:
-        """(planned delay in periods, sampler options inpainting what runs until then; none without a trajectory)."""
+    def _commitment(self, stamp: int, deadline_ns: int, overlap_mode: str) -> tuple[int, dict[str, Any]]:
+        """(planned delay in periods, sampler options inpainting what runs until then, and by `overlap_mode` the
+        running prediction after it; none without a trajectory)."""
         expected = max(self._recent_ready_age) if self._recent_ready_age else deadline_ns
         delay = planned_delay_steps(expected, self.period_ns, most=self.n_action_steps - 1)
         with self._lock:
             actions = committed_actions(self._running_chunk, stamp, self.period_ns, delay)
+            overlap = overlap_actions(self._running_prediction, stamp, self.period_ns, delay)
         if actions is None:
             return delay, {}
         first = self.policy.config.n_obs_steps - 2  # horizon position of the step before the observation's
         if first < 0:
             actions, first = actions[1:], 0
-        return delay, self.policy.commitment(actions, first)
+        overlap = overlap[: self.policy.config.horizon - first - len(actions)]
+        return delay, self.policy.commitment(actions, first, overlap if len(overlap) else None, overlap_mode)
 
-    def _publish(self, chunk, record: dict) -> None:
+    def _publish(self, chunk, record: dict, prediction) -> None:
         """Publish the chunk unless it was dropped meanwhile (deactivated, stopping)."""
         with self._lock:
             if self._chunk_abandoned() or not self._active:
@@ -396,7 +402,7 @@ class PolicyBehaviour(ObservationInputs):
                 return
             self._trajectory_pub.publish(trajectory_message(chunk, self.joint_names))
             self._chunk_end_ns = chunk.end_ns
-            self._running_chunk = chunk
+            self._running_chunk, self._running_prediction = chunk, prediction
         self.ledger.published(record, chunk)
 
     def _miss(self, kind: str, stamp: int, record: dict | None, message: str) -> None:

@@ -85,6 +85,36 @@ def test_real_time_chunking_bench_inpaints_the_previous_chunk(tiny_checkpoint, t
     assert document["results"][1]["max_abs_dev"] < 1e-2
 
 
+@pytest.mark.parametrize("overlap", ["soft", "guided"])
+def test_real_time_chunking_bench_uses_the_rest_of_the_previous_chunk(tiny_checkpoint, tmp_path, overlap):
+    from paradigms_policy.checkpoint import load_policy
+    from paradigms_policy.commands.bench import ChunkSource, random_observations
+
+    policy = load_policy(tiny_checkpoint, sampler="parataa", sampler_options={"tolerance": 0.0})
+    observations = random_observations(policy, 2)
+    hard = ChunkSource(observations, seed=0, episode_starts=np.array([True, False]), delay_steps=2)
+    first = hard.solve(policy, 0)[0]
+    options = ChunkSource(observations, 0, None, 2, overlap).commitment(policy, first)
+    if overlap == "soft":  # positions 0..7 take the previous chunk's 8..15, the first three held
+        assert options["committed_positions"] == list(range(8)) and options["committed_weights"][:3] == [1.0] * 3
+        torch.testing.assert_close(options["committed_actions"].double(), first[:, 8:], rtol=0, atol=1e-6)
+    else:
+        assert options["committed_positions"] == [0, 1, 2]
+        torch.testing.assert_close(options["guidance"].targets[:, :8].double(), first[:, 8:], rtol=0, atol=1e-6)
+    second = ChunkSource(observations, 0, np.array([True, False]), 2, overlap).solve(policy, 1, previous=first)[0]
+    torch.testing.assert_close(second[:, 0:3], first[:, 8:11], rtol=0, atol=1e-6)
+    assert not torch.allclose(second, hard.solve(policy, 1, previous=first)[0])
+    out = tmp_path / "rtc.json"
+    code = main(["bench", "--checkpoint", str(tiny_checkpoint), "--samplers", "sequential,parataa", "--chunks", "2",
+                 "--warmup", "0", "--real-time-chunking", "2", f"--{overlap}-overlap", "--json", str(out)])
+    assert code == 0 and json.loads(out.read_text())["real_time_chunking_overlap"] == overlap
+
+
+def test_an_overlap_without_real_time_chunking_is_refused(tiny_checkpoint, capsys):
+    assert main(["bench", "--checkpoint", str(tiny_checkpoint), "--chunks", "1", "--guided-overlap"]) != 0
+    assert "--guided-overlap needs --real-time-chunking" in capsys.readouterr().err
+
+
 def test_an_image_policy_is_benched_on_demonstration_frames_with_the_encoder_timed_apart(pusht_zarr, tmp_path):
     from image_policy import save_image_policy
 

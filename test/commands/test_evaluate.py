@@ -121,6 +121,17 @@ def test_impossible_real_time_execution_is_refused(tiny_checkpoint, capsys):
     assert code == 2 and "delay_steps + replan_every <= 15" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--guided-overlap"], "need --real-time-chunking"),
+    (["--real-time-chunking", "--soft-overlap", "--guided-overlap"], "choose one of --soft-overlap and --guided-overlap"),
+])
+def test_overlap_options_need_real_time_chunking_and_exclude_each_other(tiny_checkpoint, capsys, flags, message):
+    from paradigms_policy.commands.cli import main
+
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--episodes", "1", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_chunk_player_commits_what_will_run_and_records_switches():
     from paradigms_policy.commands.evaluate import ChunkPlayer
 
@@ -167,7 +178,7 @@ def test_soft_overlap_pulls_the_rest_of_the_running_chunk_with_decaying_weights(
     for step in range(5):
         player.next_action(step)
     np.testing.assert_array_equal(player.overlap(5), chunk[7:])  # after steps 5, 6 (committed): 7..14
-    options = commitment_options(policy, player, 5, soft_overlap=True)
+    options = commitment_options(policy, player, 5, "soft")
     # Step 4 at position 0, then 5..14 at 1..10: the chunk's 10 last actions, the first 3 held.
     assert options["committed_positions"] == list(range(11))
     assert options["committed_weights"] == soft_weights(3, 11)
@@ -175,6 +186,26 @@ def test_soft_overlap_pulls_the_rest_of_the_running_chunk_with_decaying_weights(
                                chunk[4:], atol=1e-4)
     output = policy.predict(np.full((2, 20), 256.0, np.float32), generator=torch.Generator().manual_seed(0), **options)
     np.testing.assert_allclose(output.action_horizon[:3], chunk[4:7], atol=1e-3)  # the held prefix
+
+
+def test_guided_overlap_holds_the_committed_actions_and_guides_towards_the_whole_overlap(tiny_checkpoint):
+    from paradigms_policy.commands.evaluate import ChunkPlayer, commitment_options
+    from paradigms_policy.samplers.inpainting import soft_weights
+
+    policy = load_policy(tiny_checkpoint, sampler="parataa")
+    player = ChunkPlayer(delay_steps=2, replan_every=5, hold=np.array([100.0, 100.0]))
+    chunk = np.linspace([100.0, 100.0], [300.0, 200.0], 15)
+    player.receive(0, chunk)
+    for step in range(5):
+        player.next_action(step)
+    options = commitment_options(policy, player, 5, "guided")
+    assert options["committed_positions"] == [0, 1, 2]  # held: step 4 (executed), then 5 and 6
+    guidance = options["guidance"]
+    np.testing.assert_allclose(policy.action_normalizer.unnormalize(guidance.targets[0, :11]).numpy(), chunk[4:],
+                               atol=1e-4)
+    np.testing.assert_allclose(guidance.weights[0, :, 0].numpy(), soft_weights(3, 11) + [0.0] * 5, atol=1e-7)
+    output = policy.predict(np.full((2, 20), 256.0, np.float32), generator=torch.Generator().manual_seed(0), **options)
+    np.testing.assert_allclose(output.action_horizon[:3], chunk[4:7], atol=1e-3)
 
 
 def test_real_time_chunking_episode_records_smoothness(tiny_checkpoint):

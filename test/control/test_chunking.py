@@ -1,7 +1,7 @@
 """What the node commits for real-time chunking: the delay from the latency, the commands of the running trajectory."""
 import numpy as np
 
-from paradigms_policy.control.chunking import committed_actions, planned_delay_steps
+from paradigms_policy.control.chunking import committed_actions, overlap_actions, planned_delay_steps
 from paradigms_policy.control.timing import TimedChunk
 
 PERIOD = 100
@@ -25,3 +25,12 @@ def test_committed_actions_are_the_running_commands_at_their_due_times():
     np.testing.assert_array_equal(committed_actions(running, 1000, PERIOD, 1), [[0, 1], [0, 1]])
     # A trajectory that ended before the step preceding the observation commits nothing (the chunk starts afresh).
     assert committed_actions(running, 1500, PERIOD, 2) is not None and committed_actions(running, 1600, PERIOD, 2) is None
+
+
+def test_overlap_is_the_running_prediction_after_the_committed_steps():
+    prediction = TimedChunk(start_ns=1000, period_ns=PERIOD, positions=np.arange(20.0).reshape(10, 2), first_index=0,
+                            dropped=0)
+    assert overlap_actions(None, 1200, PERIOD, 2) is None
+    # Committed up to 1300 (stamp 1200, delay 2): the overlap starts at 1400, the prediction's point 4.
+    np.testing.assert_array_equal(overlap_actions(prediction, 1200, PERIOD, 2), prediction.positions[4:])
+    assert overlap_actions(prediction, 1900, PERIOD, 2).shape == (0, 2)

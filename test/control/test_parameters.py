@@ -18,10 +18,12 @@ def test_parameter_validation_messages():
     assert validate_policy_parameters(values) == []
     problems = validate_policy_parameters(dict(values, window=-1))
     assert any("window must be >= 0" in p for p in problems)
-    bad = dict(values, sampler="fast", device="gpu", joint_names=["x", "x"], action_min=[1.0, 600.0])
+    bad = dict(values, sampler="fast", device="gpu", joint_names=["x", "x"], action_min=[1.0, 600.0],
+               real_time_chunking_overlap="blend")
     text = "; ".join(validate_policy_parameters(bad))
     for fragment in ("sampler must be one of sequential, paradigms, parataa (got 'fast')", "device must be",
-                     "joint_names must be unique", "action_min must be below action_max"):
+                     "joint_names must be unique", "action_min must be below action_max",
+                     "real_time_chunking_overlap must be one of hard, soft, guided (got 'blend')"):
         assert fragment in text
     assert "control_rate must be of type float" in validate_policy_parameters(dict(values, control_rate="x"))[0]
     assert validate_against_policy(values, action_dim=2, horizon=16, n_obs_steps=2, checkpoint_n_action_steps=8) == []

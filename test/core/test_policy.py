@@ -56,3 +56,29 @@ def test_warm_start_needs_a_parallel_sampler(make_policy):
         make_policy(sampler="sequential", sampler_options={"warm_start": "temporal"})
     with pytest.raises(ValueError, match="warm_start must be one of"):
         make_policy(sampler="paradigms", sampler_options={"warm_start": "spatial"})
+
+
+def test_commitment_holds_the_actions_and_uses_the_overlap_by_mode(make_policy):
+    from paradigms_policy.samplers.inpainting import soft_weights
+
+    policy = make_policy()
+    held, overlap = np.full((3, 2), 100.0), np.full((5, 2), 300.0)
+    hard = policy.commitment(held, 0, overlap)
+    assert hard["committed_positions"] == [0, 1, 2] and set(hard) == {"committed_actions", "committed_positions"}
+    torch.testing.assert_close(policy.action_normalizer.unnormalize(hard["committed_actions"]),
+                               torch.full((1, 3, 2), 100.0))
+    soft = policy.commitment(held, 1, overlap, "soft")
+    assert soft["committed_positions"] == list(range(1, 9)) and soft["committed_weights"] == soft_weights(3, 8)
+    guided = policy.commitment(held, 1, overlap, "guided")
+    assert guided["committed_positions"] == [1, 2, 3]
+    np.testing.assert_allclose(guided["guidance"].weights[0, :, 0], [0.0] + soft_weights(3, 8) + [0.0] * 7, atol=1e-7)
+    torch.testing.assert_close(policy.action_normalizer.unnormalize(guided["guidance"].targets[:, 4:9]),
+                               torch.full((1, 5, 2), 300.0))
+
+
+@pytest.mark.parametrize("first, mode, message", [(9, "soft", "8 committed actions from position 9 do not fit"),
+                                                  (14, "hard", "3 committed actions from position 14"),
+                                                  (0, "blend", "mode must be one of hard, soft, guided")])
+def test_bad_commitments_are_refused(make_policy, first, mode, message):
+    with pytest.raises(ValueError, match=message):
+        make_policy().commitment(np.zeros((3, 2)), first, np.zeros((5, 2)), mode)

@@ -444,9 +444,10 @@ def continuations(trajectories):
     return pairs
 
 
-@pytest.mark.parametrize("chunking", [True, False])
-def test_real_time_chunking_continues_the_running_trajectory(ros, chunking):
-    node = ros.policy_node(real_time_chunking=chunking, deadline_ms=600.0, max_observation_age_ms=0.0)
+@pytest.mark.parametrize("chunking, overlap", [(True, "hard"), (True, "soft"), (True, "guided"), (False, "hard")])
+def test_real_time_chunking_continues_the_running_trajectory(ros, chunking, overlap):
+    node = ros.policy_node(real_time_chunking=chunking, real_time_chunking_overlap=overlap, deadline_ms=600.0,
+                           max_observation_age_ms=0.0)
     original = node.policy.model.denoise
 
     def slow_denoise(x, timesteps, condition):
@@ -454,9 +455,22 @@ def test_real_time_chunking_continues_the_running_trajectory(ros, chunking):
         return original(x, timesteps, condition)
 
     node.policy.model.denoise = slow_denoise
+    sample_normalized, used = node.policy.sample_normalized, []
+
+    def recording_sample(*args, **options):
+        used.append(options)
+        return sample_normalized(*args, **options)
+
+    node.policy.sample_normalized = recording_sample
     ros.start(node)
     stream_observations(ros, until=lambda: len(continuations(ros.trajectories)) >= 3, seconds=8.0)
     pairs = continuations(ros.trajectories)
+    inpainted = [options for options in used if "committed_actions" in options]
+    assert bool(inpainted) == chunking
+    if overlap == "soft":  # the running prediction after the held commands is pulled too
+        assert all(len(o["committed_positions"]) > o["committed_weights"].count(1.0) for o in inpainted)
+    if overlap == "guided":
+        assert all(o["guidance"].weights.count_nonzero() > len(o["committed_positions"]) for o in inpainted)
     assert len(pairs) >= 3, f"{len(ros.trajectories)} trajectories, {len(pairs)} overlapping"
     gaps = [np.abs(np.subtract(new, old)).max() for new, old in pairs]
     if chunking:  # where it takes over, the new trajectory commands what the running one did
