@@ -121,10 +121,12 @@ def plot_delays(rows: list[dict[str, Any]], path: str | Path) -> None:
         jump_axis.axhline(step, color="black", linestyle="--", label=f"mean step within a chunk ({step:.1f} px)")
         score_axis.set_xlabel("delay (control steps)")
         score_axis.set_ylabel("mean score (95% CI)")
-        score_axis.set_title(f"Push-T, {rows[0]['episodes']} episodes per point")
+        score_axis.set_title(f"Push-T, {rows[0]['episodes']} episodes per point, "
+                             f"a new chunk every {rows[0]['execution']['replan_every']} steps")
         jump_axis.set_xlabel("delay (control steps)")
         jump_axis.set_ylabel("mean jump at a chunk switch (px)")
         jump_axis.set_title("smoothness at chunk switches")
         for axis in (score_axis, jump_axis):
+            axis.set_xticks(sorted({row["delay_steps"] for row in rows}))
             axis.grid(alpha=0.3)
             axis.legend(fontsize=8)

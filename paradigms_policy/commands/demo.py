@@ -6,10 +6,11 @@ discovery, a ROS domain id of their own). They spin on one SingleThreadedExecuto
 simulation has run the requested episodes; the demo prints each episode's score and the latency
 per chunk, then shuts everything down.
 
-In real time (the default) a chunk starts executing only once it is ready, so the policy's
-latency costs score where inference is slow; `--lockstep` runs the simulation on simulated time
-and waits for each chunk (config/lockstep.yaml), which executes chunks exactly as `paradigms-policy
-eval` does and so gives the same score for the same seeds, whatever the computer.
+In real time (the default) a chunk starts executing only once it is ready, and the node plans it
+while the previous one runs, inpainted with what runs meanwhile (real-time chunking); `--lockstep`
+runs the simulation on simulated time and waits for each chunk (config/lockstep.yaml), which
+executes chunks exactly as `paradigms-policy eval` does and so gives the same score for the same
+seeds, whatever the computer.
 
 The simulation publishes what the policy observes: the keypoints, or for an image policy (one
 whose checkpoint has image keys) the camera frame (sensor_msgs/Image) and the agent position,

@@ -57,13 +57,14 @@ POLICY_NODE_PARAMETERS: tuple[ParamSpec, ...] = (
               "the running chunk runs out (beyond the measured inference time); 1 leaves a period for jitter, 0 "
               "plans as late as possible (a lockstep simulation, where inference costs no simulated time).",
               read_only=False, minimum=0, maximum=1000),
-    ParamSpec("real_time_chunking", False, "Inpaint each new chunk with what the running trajectory commands until "
+    ParamSpec("real_time_chunking", True, "Inpaint each new chunk with what the running trajectory commands until "
               "the chunk is expected (the measured observation-to-ready time in control periods, rounded up, plus "
               "one) and the command due just before its observation, so the new trajectory continues the old one; "
               "a chunk later than planned counts as rtc_overruns.", read_only=False),
-    ParamSpec("real_time_chunking_overlap", "hard", "Real-time chunking: what of the running chunk's prediction "
+    ParamSpec("real_time_chunking_overlap", "guided", "Real-time chunking: what of the running chunk's prediction "
               "after the held commands is used: hard = nothing, soft = pulled with RTC's decaying weights, guided = "
-              "the chunk guided towards it and the held commands (RTC's guidance; a backward pass per network call).",
+              "the chunk guided towards it and the held commands (RTC's guidance: a backward pass per network call, "
+              "through the eager model, so on a GPU CUDA graphs serve only chunks planned with nothing running).",
               read_only=False, constraints="hard, soft or guided"),
     ParamSpec("deadline_ms", 500.0, "A chunk must be ready this long after its observation's stamp; a later one "
               "is a deadline miss and is not published.", read_only=False, minimum=1.0, maximum=60000.0),

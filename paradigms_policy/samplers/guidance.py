@@ -1,21 +1,27 @@
 """Guided inpainting (RTC's guidance): the denoiser's noise prediction corrected towards committed actions.
 
 Real-Time Chunking (Black, Galliker, Levine 2025) makes a new chunk agree with the overlap of the
-running one by guidance rather than by replacement: with the clean-sample estimate of the state
-x at timestep t
+running one by guidance rather than by replacement. For a flow policy, with A_tau = tau A + (1 - tau) z
+(tau = 1 clean) and the clean estimate A1_hat = A_tau + (1 - tau) v, RTC adds to the velocity
 
-    x0_hat(x) = (x - sigma_t eps(x, t)) / sqrt(abar_t),        sigma_t = sqrt(1 - abar_t),
+    min(beta, (1 - tau) / (tau r_tau^2)) J^T W (y - A1_hat),   r_tau^2 = (1 - tau)^2 / (tau^2 + (1 - tau)^2),
 
-and a Gaussian likelihood of the committed actions y around it (weights W over the horizon,
-variance r_t^2 = sigma_t^2 as in PiGDM for a variance-preserving chain), the score gains
-J^T W (y - x0_hat) / sigma_t^2 with J = d x0_hat / d x. In terms of the noise prediction
+with J = d A1_hat / d A_tau, the committed actions y, weights W over the horizon (1 on the frozen
+prefix, decaying over the rest of the overlap, `inpainting.soft_weights`) and beta its clip.
+A variance-preserving chain is the same Gaussian path rescaled: x_t = sqrt(abar_t) x0 + sigma_t z
+(sigma_t = sqrt(1 - abar_t)) is (sqrt(abar_t) + sigma_t) A_tau at tau = sqrt(abar_t) / (sqrt(abar_t) + sigma_t),
+with the clean estimate
 
-    eps_guided(x, t) = eps(x, t) - min(max_scale, 1 / sigma_t) J^T W (y - x0_hat(x)),
+    x0_hat(x) = (x - sigma_t eps(x, t)) / sqrt(abar_t).
 
-clipped at max_scale (RTC's beta) where the noise is small and 1 / sigma_t would overshoot.
-J^T v is one vector-Jacobian product through the network, so a guided call costs about three
-plain ones. The weights are RTC's soft mask (`inpainting.soft_weights`): 1 on the frozen prefix,
-decaying over the rest of the overlap, 0 beyond; the correction reaches every entry of the chunk
+There the weight is 1 / (sqrt(abar_t) sigma_t), d A1_hat / d A_tau is (sqrt(abar_t) + sigma_t) J with
+J = d x0_hat / d x, and a velocity change dv changes eps by -tau dv, so RTC's correction becomes
+
+    eps_guided(x, t) = eps(x, t) - min(beta sqrt(abar_t), 1 / sigma_t) J^T W (y - x0_hat(x)).
+
+Where the noise is large, sqrt(abar_t) is small and so is the correction; x0_hat there amplifies the
+network's error by 1 / sqrt(abar_t). J^T v is one vector-Jacobian product through the network, so a
+guided call costs a forward and a backward pass. The correction reaches every entry of the chunk
 through the network, so the free entries turn towards what is committed.
 
 eps_guided is again a function of (x, t) alone, so `guided_denoiser` is a denoiser like any
@@ -85,6 +91,6 @@ def guided_denoiser(denoiser: Denoiser, scheduler, guidance: Guidance) -> Denois
             eps = denoiser(state, timesteps, condition)
             clean = (state - sigma * eps) / abar.sqrt()
             (pull,) = torch.autograd.grad(clean, state, grad_outputs=guidance.weights.to(x) * (targets - clean.detach()))
-        return (eps - torch.clamp(1 / sigma, max=guidance.max_scale) * pull).detach()
+        return (eps - torch.minimum(guidance.max_scale * abar.sqrt(), 1 / sigma) * pull).detach()
 
     return guided

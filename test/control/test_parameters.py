@@ -83,7 +83,7 @@ def test_lockstep_overlay_sets_declared_parameters_of_both_nodes():
     policy, sim = overlay["policy_node"]["ros__parameters"], overlay["pusht_sim_node"]["ros__parameters"]
     policy_defaults = dict(spec_defaults(POLICY_NODE_PARAMETERS), use_sim_time=False)  # rclpy declares use_sim_time
     sim_defaults = spec_defaults(SIM_NODE_PARAMETERS)
-    assert policy == {"use_sim_time": True, "plan_ahead_periods": 0, "auto_round_cap": False}
+    assert policy == {"use_sim_time": True, "plan_ahead_periods": 0, "auto_round_cap": False, "real_time_chunking": False}
     assert sim == {"lockstep": True}
     for values, defaults in ((policy, policy_defaults), (sim, sim_defaults)):
         for name, value in values.items():

@@ -29,7 +29,7 @@ def test_correction_is_the_clipped_vector_jacobian_product_towards_the_targets(s
     # eps(x) = a x has x0_hat = c x with c = (1 - sigma a) / sqrt(abar), so J^T v = c v.
     scheduler, slope, batch, copies = schedulers["ddpm100"], 0.3, 2, 3
     targets = torch.randn(batch, 5, 2, generator=torch.Generator().manual_seed(0))
-    guidance = Guidance.build(targets[:, 1:4], [1, 2, 3], [1.0, 0.5, 0.25], horizon=5, max_scale=2.0)
+    guidance = Guidance.build(targets[:, 1:4], [1, 2, 3], [1.0, 0.5, 0.25], horizon=5, max_scale=5.0)
     x = torch.randn(copies * batch, 5, 2, generator=torch.Generator().manual_seed(1))
     timesteps = torch.tensor([90, 40, 2]).repeat_interleave(batch) if per_row else torch.tensor(40)
     result = guided_denoiser(lambda state, t, condition: slope * state, scheduler, guidance)(x, timesteps, None)
@@ -38,7 +38,7 @@ def test_correction_is_the_clipped_vector_jacobian_product_towards_the_targets(s
     c = (1 - sigma * slope) / abar.sqrt()
     weights = torch.tensor([0.0, 1.0, 0.5, 0.25, 0.0]).reshape(1, 5, 1)
     goal = torch.where(weights > 0, targets, torch.zeros(())).repeat(copies, 1, 1)
-    expected = slope * x - torch.clamp(1 / sigma, max=2.0) * c * weights * (goal - c * x)
+    expected = slope * x - torch.minimum(5.0 * abar.sqrt(), 1 / sigma) * c * weights * (goal - c * x)
     torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-6)
     assert not result.requires_grad
 
