@@ -3,8 +3,9 @@
 For every delay D (in control steps) each seed runs once per execution: the new chunk's actions
 replace the running ones D steps after its observation (plain), the same with the chunk inpainted
 with the actions committed meanwhile (real-time chunking, hard inpainting), and optionally with the
-rest of the running chunk's overlap pulled softly too (soft) or guided towards (guided, RTC's guidance). The baseline is D = 0 plain, the
-paper's protocol when the replanning period is n_action_steps. Differences are paired by seed.
+rest of the running chunk's overlap pulled softly too (soft) or guided towards (guided, RTC's
+guidance). The baseline is D = 0 plain, the paper's protocol when the replanning period is
+n_action_steps. Differences are paired by seed.
 All rows share one episode log, so an interrupted study resumes where it stopped.
 """
 from __future__ import annotations

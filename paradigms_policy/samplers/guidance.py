@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import Denoiser
+from .inpainting import check_positions, checked_weights
 
 DEFAULT_MAX_SCALE = 5.0  # RTC's beta
 
@@ -54,15 +55,11 @@ class Guidance:
               max_scale: float = DEFAULT_MAX_SCALE) -> "Guidance":
         """From actions (B, n, action_dim) at distinct horizon positions (n,) with weights (n,) in (0, 1]."""
         positions = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
-        weights = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
         if actions.ndim != 3 or actions.shape[1] != positions.numel():
             raise ValueError(f"guidance actions must be (B, {positions.numel()}, action_dim) for {positions.numel()} "
                              f"positions, got {tuple(actions.shape)}")
-        if positions.numel() and (positions.min() < 0 or positions.max() >= horizon
-                                  or positions.unique().numel() != positions.numel()):
-            raise ValueError(f"guidance positions must be distinct indices in 0..{horizon - 1}, got {positions.tolist()}")
-        if weights.numel() != positions.numel() or not bool(((weights > 0) & (weights <= 1)).all()):
-            raise ValueError(f"guidance weights must be {positions.numel()} values in (0, 1], got {weights.tolist()}")
+        check_positions(positions, horizon, "guidance positions")
+        weights = checked_weights(weights, positions.numel(), "guidance weights")
         if not max_scale > 0:
             raise ValueError(f"the guidance scale's clip must be positive, got {max_scale}")
         targets = actions.new_zeros((actions.shape[0], horizon, actions.shape[2]))

@@ -57,10 +57,8 @@ class Inpainting:
         if committed_actions.shape != (batch, positions.numel(), action_dim):
             raise ValueError(f"committed_actions must be {(batch, positions.numel(), action_dim)} for "
                              f"{positions.numel()} positions, got {tuple(committed_actions.shape)}")
-        if positions.numel() and (positions.min() < 0 or positions.max() >= horizon or positions.unique().numel()
-                                  != positions.numel()):
-            raise ValueError(f"committed_positions must be distinct indices in 0..{horizon - 1}, got {positions.tolist()}")
-        weights = _checked_weights(committed_weights, positions.numel())
+        check_positions(positions, horizon, "committed_positions")
+        weights = checked_weights(committed_weights, positions.numel(), "committed_weights")
         full = torch.zeros((1, horizon, 1), dtype=noise.dtype, device=noise.device)
         full[0, positions, 0] = weights.to(full)
         mask = full == 1
@@ -93,12 +91,20 @@ def soft_weights(frozen: int, overlap: int) -> list[float]:
     return [1.0] * frozen + [c * math.expm1(c) / math.expm1(1.0) for c in decay]
 
 
-def _checked_weights(committed_weights, count: int) -> torch.Tensor:
-    if committed_weights is None:
+def check_positions(positions: torch.Tensor, horizon: int, name: str) -> None:
+    """A ValueError naming `name` unless `positions` (n,) are distinct indices into the horizon."""
+    if positions.numel() and (positions.min() < 0 or positions.max() >= horizon
+                              or positions.unique().numel() != positions.numel()):
+        raise ValueError(f"{name} must be distinct indices in 0..{horizon - 1}, got {positions.tolist()}")
+
+
+def checked_weights(weights, count: int, name: str) -> torch.Tensor:
+    """`weights` as (count,) float64, each in (0, 1] (None: all 1), or a ValueError naming `name`."""
+    if weights is None:
         return torch.ones(count, dtype=torch.float64)
-    weights = torch.as_tensor(committed_weights, dtype=torch.float64).reshape(-1)
+    weights = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
     if weights.numel() != count or not bool(((weights > 0) & (weights <= 1)).all()):
-        raise ValueError(f"committed_weights must be {count} values in (0, 1], got {weights.tolist()}")
+        raise ValueError(f"{name} must be {count} values in (0, 1], got {weights.tolist()}")
     return weights
 
 
