@@ -54,6 +54,18 @@ def stage_package(destination: Path) -> Path:
     return package
 
 
+@pytest.fixture(autouse=True, scope="module")
+def sigint_not_ignored():
+    """A shell without job control starts background commands with SIGINT ignored, and children inherit that:
+    `ros2 launch` would then ignore the SIGINT these tests stop it with. A handler set here is reset to the
+    default in each child."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory):
     if not (SHARED_ROS2 / "install.sh").is_file():
